@@ -1,0 +1,1 @@
+"""Verdict types, one file per critic, and a plain dict registry (see DESIGN.md)."""

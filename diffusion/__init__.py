@@ -1,0 +1,1 @@
+"""Pipeline presets, attention backends, latent edit ops and the correction loop (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""Pure loss functions, preference-pair builders and training scripts (see DESIGN.md)."""

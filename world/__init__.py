@@ -1,0 +1,40 @@
+"""The embedded world: a small, fully verifiable compositional scene world.
+
+A :class:`Scene` is the single source of truth; :func:`render` draws it, the grammar parses
+prompts into :class:`Requirements`, and :func:`evaluate` decides whether objects satisfy them.
+The oracle (:mod:`selfcorrect.world.oracle`) reads images back; only ``world/``, training-data
+builders, tests and benchmarks may import it.
+"""
+
+from selfcorrect.world.render import render
+from selfcorrect.world.requirements import (
+    CATEGORIES,
+    CountRequirement,
+    ObjectQuery,
+    RelationRequirement,
+    RequirementResult,
+    Requirements,
+    evaluate,
+)
+from selfcorrect.world.sampling import random_scene, sample_scene
+from selfcorrect.world.scene import COLOURS, PALETTE, RELATIONS, SHAPES, SIZES, Scene, WorldObject
+
+__all__ = [
+    "CATEGORIES",
+    "COLOURS",
+    "PALETTE",
+    "RELATIONS",
+    "SHAPES",
+    "SIZES",
+    "CountRequirement",
+    "ObjectQuery",
+    "RelationRequirement",
+    "RequirementResult",
+    "Requirements",
+    "Scene",
+    "WorldObject",
+    "evaluate",
+    "random_scene",
+    "render",
+    "sample_scene",
+]
