@@ -1,0 +1,166 @@
+"""The ``selfcorrect`` command line.
+
+Every command is a ``make_*`` parser builder plus a ``cmd_*`` function taking the parsed
+arguments; heavy modules are imported inside the ``cmd_*`` functions so ``--help`` stays fast.
+Exit codes: 0 success, 1 a check that ran and failed (``world check``), 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from selfcorrect import __version__
+from selfcorrect.errors import SelfcorrectError
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (also used in-process by the tests)."""
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except SelfcorrectError as e:
+        print(f"selfcorrect: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("selfcorrect: interrupted", file=sys.stderr)
+        return 130
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="selfcorrect",
+        description="Multimodal self-correction: critics, a correction loop, and training from "
+        "self-generated data. Runs offline on the embedded world by default.",
+    )
+    parser.add_argument("--version", action="version", version=f"selfcorrect {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    make_world_parser(commands)
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------
+# selfcorrect world ...
+
+
+def make_world_parser(commands) -> None:
+    world = commands.add_parser(
+        "world", help="the embedded world: render prompts, check images with the oracle, prompt suites"
+    )
+    sub = world.add_subparsers(title="world commands", metavar="COMMAND")
+
+    p = sub.add_parser("render", help="render a scene that satisfies a prompt")
+    p.add_argument("prompt", help='a prompt of the world grammar, e.g. "two red circles and a blue square"')
+    p.add_argument("-o", "--output", required=True, type=Path, help="image file to write (.png, .jpg, ...)")
+    p.add_argument("--seed", type=int, default=0, help="scene seed (default: 0)")
+    p.add_argument("--size", type=int, default=64, help="canvas side in pixels, 16..1024 (default: 64)")
+    p.add_argument("--texture", type=float, default=0.0, help="background texture 0..1 (default: 0)")
+    p.add_argument("--json", action="store_true", help="print the scene as JSON")
+    p.set_defaults(func=cmd_world_render)
+
+    p = sub.add_parser("check", help="judge an image against a prompt with the oracle")
+    p.add_argument("image", type=Path, help="image file")
+    p.add_argument("--prompt", required=True, help="the prompt the image should show")
+    p.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    p.set_defaults(func=cmd_world_check)
+
+    p = sub.add_parser("suite", help="list the prompts of a prompt suite")
+    p.add_argument("--split", default="test", help="train, val, test or heldout (default: test)")
+    p.add_argument("--category", default=None, help="one category (default: all)")
+    p.add_argument("--json", action="store_true", help="print JSON records instead of plain lines")
+    p.add_argument("--table", action="store_true", help="print the split x category size table")
+    p.set_defaults(func=cmd_world_suite)
+
+    p = sub.add_parser("selftest", help="measure the oracle on degraded renders")
+    p.add_argument("--n", type=int, default=2000, help="number of scenes (default: 2000)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    p.add_argument("--size", type=int, default=64, help="canvas side in pixels (default: 64)")
+    p.add_argument("--json", type=Path, default=None, help="write results here (+ a .md table beside it)")
+    p.set_defaults(func=cmd_world_selftest)
+
+
+def cmd_world_render(args) -> int:
+    from selfcorrect.io import save_image
+    from selfcorrect.world.grammar import parse_prompt
+    from selfcorrect.world.render import render
+    from selfcorrect.world.sampling import sample_scene
+
+    if not 0.0 <= args.texture <= 1.0:
+        raise SelfcorrectError(f"--texture must be between 0 and 1, got {args.texture}")
+    if not 16 <= args.size <= 1024:
+        raise SelfcorrectError(f"--size must be between 16 and 1024 pixels, got {args.size}")
+    requirements = parse_prompt(args.prompt)
+    scene = sample_scene(requirements, args.seed, texture=args.texture)
+    save_image(render(scene, args.size), args.output)
+    if args.json:
+        print(json.dumps({"prompt": args.prompt, "image": str(args.output), "scene": scene.to_dict()}, indent=2))
+    else:
+        objects = ", ".join(o.phrase for o in scene.objects)
+        print(f"wrote {args.output} ({args.size}x{args.size}, seed {args.seed}): {objects}")
+    return 0
+
+
+def cmd_world_check(args) -> int:
+    from selfcorrect.world.grammar import parse_prompt
+    from selfcorrect.world.oracle import check, load_image
+
+    requirements = parse_prompt(args.prompt)
+    verdict = check(load_image(args.image), requirements)
+    if args.json:
+        print(json.dumps({"image": str(args.image), "prompt": args.prompt, **verdict.to_dict()}, indent=2))
+    else:
+        print(f"{'PASS' if verdict.passed else 'FAIL'}  {args.image}: {args.prompt!r}")
+        for r in verdict.results:
+            print(f"  [{'ok' if r.passed else 'x '}] {r.description}: {r.reason}")
+        print(f"  detected: {_describe_detected(verdict.detected)}")
+    return 0 if verdict.passed else 1
+
+
+def _describe_detected(detected) -> str:
+    if not detected:
+        return "nothing"
+    parts = []
+    for d in detected:
+        what = " ".join(w for w in (d.size, d.colour or "mixed-colour", d.shape or "unrecognised blob") if w)
+        x0, y0, x1, y1 = d.box
+        parts.append(f"{what} at ({x0:.2f}, {y0:.2f}, {x1:.2f}, {y1:.2f})")
+    return "; ".join(parts)
+
+
+def cmd_world_suite(args) -> int:
+    from selfcorrect.world.suites import load_suite, suite_table
+
+    if args.table:
+        print(suite_table())
+        return 0
+    prompts = load_suite(args.split, args.category)
+    for p in prompts:
+        if args.json:
+            print(json.dumps({"prompt": p.prompt, "category": p.category, "split": p.split}))
+        else:
+            print(p.prompt)
+    return 0
+
+
+def cmd_world_selftest(args) -> int:
+    from selfcorrect.world.selftest import run_selftest, write_results
+
+    if args.n < 1:
+        raise SelfcorrectError(f"--n must be at least 1, got {args.n}")
+    result = run_selftest(n_scenes=args.n, seed=args.seed, size=args.size, progress=True)
+    if args.json is not None:
+        write_results(result, args.json, args.json.with_suffix(".md"))
+        print(f"wrote {args.json} and {args.json.with_suffix('.md')}")
+    summary = {k: result[k] for k in ("object_f1", "prompt_accuracy") if k in result}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
