@@ -193,7 +193,10 @@ def test_categories():
     assert req(count("circle", 3, True)).category == "counting"
     assert req(count("circle"), count("square")).category == "two_objects"
     assert req(count("circle", colour="red"), count("square", colour="blue")).category == "color_attribution"
-    assert req(count("circle"), count("square"), relations=[RelationRequirement(0, "above", 1)]).category == "position"
+    assert (
+        req(count("circle"), count("square"), relations=[RelationRequirement(0, "above", 1)]).category
+        == "position"
+    )
     assert req(count("square", colour="blue"), count("circle", 0, True)).category == "negation"
 
 
@@ -214,7 +217,11 @@ PROMPTS = [
     req(count("circle")),
     req(count("triangle", 4, True, "green")),
     req(count("circle", 2, True, "red"), count("square", colour="blue")),
-    req(count("cross", size="large"), count("square", size="large"), relations=[RelationRequirement(0, "below", 1)]),
+    req(
+        count("cross", size="large"),
+        count("square", size="large"),
+        relations=[RelationRequirement(0, "below", 1)],
+    ),
     req(count("square", colour="blue"), count("circle", 0, True)),
 ]
 
@@ -247,3 +254,22 @@ def test_unsatisfiable_prompts_raise():
         sample_scene(req(count("circle", 4, True), count("square", 4, True), count("cross", 1)), 0)
     with pytest.raises(UnsatisfiableError, match="contradicts"):
         sample_scene(req(count("circle", 2, True), count("circle", 0, True)), 0)
+
+
+def test_relation_needs_two_distinct_objects():
+    one_circle = [obj("circle", "red", LEFT)]
+    result = evaluate(
+        one_circle,
+        req(count("circle"), count("circle", colour="red"), relations=[RelationRequirement(0, "left of", 1)]),
+    )
+    assert not result[-1].passed and "nothing to compare" in result[-1].reason
+
+
+def test_two_relations_on_one_pair_can_be_sampled():
+    two = req(
+        count("circle"),
+        count("square"),
+        relations=[RelationRequirement(0, "left of", 1), RelationRequirement(0, "above", 1)],
+    )
+    scene = sample_scene(two, 0)
+    assert all(r.passed for r in evaluate(scene.objects, two))

@@ -231,22 +231,23 @@ def evaluate(objects, requirements: Requirements) -> list[RequirementResult]:
             reason = f"no {missing.phrase()} to compare"
             results.append(RequirementResult(rel, description, False, reason, boxes))
             continue
+        pairs = [(a, b) for a in subjects for b in references if a is not b]
         failing = [
             (a, b, relative_position(a.box, b.box))
-            for a in subjects
-            for b in references
-            if a is not b and rel.relation not in relative_position(a.box, b.box)
+            for a, b in pairs
+            if rel.relation not in relative_position(a.box, b.box)
         ]
-        if failing:
+        if not pairs:  # one object cannot be compared with itself
+            reason = "only one object matches both sides, nothing to compare"
+            results.append(RequirementResult(rel, description, False, reason, boxes))
+        elif failing:
             _, _, actual = failing[0]
             where = " and ".join(sorted(actual)) if actual else "overlapping / too close to tell"
             reason = f"the {requirements.objects[rel.subject].query.phrase()} is {where} it"
             results.append(RequirementResult(rel, description, False, reason, boxes))
         else:
             results.append(
-                RequirementResult(
-                    rel, description, True, f"holds for all {len(subjects) * len(references)} pair(s)", boxes
-                )
+                RequirementResult(rel, description, True, f"holds for all {len(pairs)} pair(s)", boxes)
             )
     return results
 

@@ -21,7 +21,7 @@ from selfcorrect.world.scene import (
 EDGE_MARGIN = 0.03  # free canvas border around every object
 MIN_GAP = 0.05  # free space between any two boxes, so no object touches or hides another
 PLACEMENT_TRIES = 200  # box placements per object before the layout is restarted
-LAYOUT_TRIES = 100  # whole layouts before a prompt is declared unsatisfiable
+LAYOUT_TRIES = 500  # whole layouts before a prompt is declared unsatisfiable (diagonal relations need many)
 
 
 def sample_scene(
@@ -122,12 +122,16 @@ def _apart(a, b) -> bool:
 
 
 def _clear_relations(scene: Scene, requirements: Requirements) -> bool:
-    # A sampled scene should be an unambiguous example: each required relation holds alone.
+    # A sampled scene should be an unambiguous example: between the objects of two related
+    # groups, exactly the required relations hold (no accidental diagonal second relation).
+    wanted: dict[tuple[int, int], set[str]] = {}
     for rel in requirements.relations:
-        subjects = [o for o in scene.objects if requirements.objects[rel.subject].query.matches(o)]
-        refs = [o for o in scene.objects if requirements.objects[rel.reference].query.matches(o)]
+        wanted.setdefault((rel.subject, rel.reference), set()).add(rel.relation)
+    for (s, r), relations in wanted.items():
+        subjects = [o for o in scene.objects if requirements.objects[s].query.matches(o)]
+        refs = [o for o in scene.objects if requirements.objects[r].query.matches(o)]
         for a in subjects:
             for b in refs:
-                if a is not b and relative_position(a.box, b.box) != {rel.relation}:
+                if a is not b and relative_position(a.box, b.box) != relations:
                     return False
     return True

@@ -1,0 +1,504 @@
+"""Train the embedded world's text-to-image model and save it as a plain diffusers pipeline.
+
+The result is an ordinary :class:`diffusers.StableDiffusionPipeline` (AutoencoderKL, CLIP text
+encoder + CLIP tokenizer, UNet2DConditionModel with cross-attention, a scheduler):
+``StableDiffusionPipeline.from_pretrained(path)`` loads and runs it with no selfcorrect code.
+
+Two stages, one script:
+
+1. the VAE learns to compress 64x64 world images to 16x16x4 latents (reconstruction + a small KL);
+2. the UNet and the text encoder learn to denoise those latents given a caption (epsilon
+   prediction, 10% of captions dropped for classifier-free guidance, EMA weights saved).
+
+Usage::
+
+    python -m selfcorrect.train.world_t2i --profile cpu --output-dir runs/world-t2i
+    accelerate launch -m selfcorrect.train.world_t2i --profile gpu --output-dir runs/world-t2i
+
+Training can be killed at any time: checkpoints are written atomically every
+``--checkpoint-every`` steps and a rerun with the same ``--output-dir`` resumes from the newest one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+CANVAS = 64  # image side in pixels
+LATENT_SIDE = 16  # the VAE downsamples 4x
+CAPTION_DROP = 0.1  # share of empty captions, for classifier-free guidance
+
+
+@dataclass
+class T2IConfig:
+    """Sizes and schedule of one training run. See :data:`PROFILES` for the named presets.
+
+    > Model
+    vae_channels / unet_channels: ``block_out_channels`` of the VAE and the UNet.
+    unet_layers: ``layers_per_block`` of the UNet.
+    text_hidden / text_layers: width and depth of the CLIP text encoder.
+
+    > Schedule
+    vae_steps / unet_steps: optimiser steps per stage; batch_size: images per step.
+    """
+
+    vae_channels: tuple[int, ...] = (32, 64, 64)
+    unet_channels: tuple[int, ...] = (64, 128, 128)
+    unet_layers: int = 1
+    text_hidden: int = 128
+    text_layers: int = 3
+    vae_steps: int = 1500
+    unet_steps: int = 6000
+    batch_size: int = 32
+    vae_lr: float = 1e-3
+    unet_lr: float = 5e-4
+    ema_decay: float = 0.999
+    guidance_scale: float = 3.0  # default for sampling, stored with the pipeline
+    sample_steps: int = 20
+    mixed_precision: str = "no"
+    texture_max: float = 0.15  # background texture of training renders drawn from [0, texture_max]
+    notes: dict = field(default_factory=dict)
+
+
+PROFILES: dict[str, T2IConfig] = {
+    # Seconds: for tests. The model is too small and too short-trained to draw anything.
+    "tiny": T2IConfig(
+        vae_channels=(8, 16, 16),
+        unet_channels=(16, 32, 32),
+        text_hidden=32,
+        text_layers=1,
+        vae_steps=3,
+        unet_steps=3,
+        batch_size=4,
+        sample_steps=2,
+    ),
+    # About an hour on 2 CPU cores.
+    "cpu": T2IConfig(),
+    # The quality run on one GPU (bf16 autocast): wider, deeper and 10x longer.
+    "gpu": T2IConfig(
+        vae_channels=(64, 128, 128),
+        unet_channels=(128, 256, 256),
+        unet_layers=2,
+        text_hidden=256,
+        text_layers=4,
+        vae_steps=4000,
+        unet_steps=40000,
+        batch_size=128,
+        unet_lr=2e-4,
+        ema_decay=0.9995,
+        mixed_precision="bf16",
+    ),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--profile", choices=sorted(PROFILES), default="cpu", help="size and schedule preset (default: cpu)"
+    )
+    p.add_argument(
+        "--output-dir",
+        type=Path,
+        required=True,
+        help="checkpoints go here; the pipeline in OUTPUT_DIR/pipeline",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--unet-steps",
+        type=int,
+        default=None,
+        help="override the profile's UNet steps (to train longer on resume)",
+    )
+    p.add_argument("--vae-steps", type=int, default=None, help="override the profile's VAE steps")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument(
+        "--checkpoint-every", type=int, default=500, help="steps between checkpoints (default: 500)"
+    )
+    p.add_argument("--num-workers", type=int, default=0, help="data loader worker processes")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+
+
+def world_vocabulary() -> list[str]:
+    """Every word the world's captions and prompt suites use (sorted, deterministic)."""
+    from selfcorrect.world.grammar import caption
+    from selfcorrect.world.sampling import random_scene
+    from selfcorrect.world.suites import load_suite
+
+    words: set[str] = set()
+    texts = [p.prompt for split in ("train", "val", "test", "heldout") for p in load_suite(split)]
+    for seed in range(2000):
+        scene = random_scene(seed, max_objects=6)
+        for style in CAPTION_STYLES:
+            texts.append(caption(scene, style=style, rng=random.Random(seed)))
+    for text in texts:
+        words.update(w for w in _words(text))
+    return sorted(words)
+
+
+def _words(text: str) -> list[str]:
+    return "".join(c if c.isalpha() else " " for c in text.lower()).split()
+
+
+CAPTION_STYLES = ("canonical", "geneval", "natural", "positional", "counted")
+
+
+def build_components(config: T2IConfig, tokenizer):
+    """Randomly initialised VAE, text encoder and UNet of the real diffusers/transformers classes."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * len(config.vae_channels),
+        up_block_types=("UpDecoderBlock2D",) * len(config.vae_channels),
+        block_out_channels=config.vae_channels,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=min(16, config.vae_channels[0]),
+        sample_size=CANVAS,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=config.text_hidden,
+            intermediate_size=config.text_hidden * 4,
+            num_hidden_layers=config.text_layers,
+            num_attention_heads=max(1, config.text_hidden // 32),
+            max_position_embeddings=tokenizer.model_max_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    unet = UNet2DConditionModel(
+        sample_size=LATENT_SIDE,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=config.unet_channels,
+        layers_per_block=config.unet_layers,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=config.text_hidden,
+        attention_head_dim=max(1, config.unet_channels[0] // 16),  # diffusers: this is the head count
+        norm_num_groups=min(32, config.unet_channels[0]),
+    )
+    return vae, text_encoder, unet
+
+
+def build_scheduler(prediction_type: str = "epsilon"):
+    from diffusers import DDPMScheduler
+
+    # Cosine betas: a linear schedule spends too many steps at high noise for 16x16 latents.
+    return DDPMScheduler(
+        num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+class CaptionedScenes:
+    """Map-style dataset of (image tensor, caption) pairs, deterministic per (seed, index).
+
+    Half the items are free random scenes captioned in a random style, half are scenes sampled
+    for prompts of the train suite (so the model sees the suites' phrasing). Held-out
+    colour-shape combinations never appear (they are the generalisation test).
+    """
+
+    def __init__(self, seed: int, texture_max: float, length: int = 10**9):
+        from selfcorrect.world.suites import load_suite
+
+        self.seed, self.texture_max, self.length = seed, texture_max, length
+        self.prompts = load_suite("train")
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int):
+        import numpy as np
+        import torch
+
+        from selfcorrect.world.grammar import caption
+        from selfcorrect.world.render import render
+        from selfcorrect.world.sampling import random_scene, sample_scene
+        from selfcorrect.world.suites import is_heldout_combo
+
+        rng = random.Random(self.seed * 1_000_003 + index)
+        texture = rng.uniform(0.0, self.texture_max) if rng.random() < 0.5 else 0.0
+        while True:
+            if rng.random() < 0.5:
+                item = self.prompts[rng.randrange(len(self.prompts))]
+                scene = sample_scene(item.requirements, rng.randrange(2**31), texture=texture)
+                text = item.prompt
+            else:
+                scene = random_scene(rng.randrange(2**31), max_objects=5, texture=texture)
+                text = caption(scene, style=rng.choice(CAPTION_STYLES), rng=rng)
+            if not any(is_heldout_combo(o.colour, o.shape) for o in scene.objects):
+                break
+        if rng.random() < CAPTION_DROP:
+            text = ""
+        pixels = np.asarray(render(scene, CANVAS), dtype=np.float32) / 127.5 - 1.0  # (H, W, 3) in [-1, 1]
+        return torch.from_numpy(pixels).permute(2, 0, 1), text
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def save_checkpoint(accelerator, output_dir: Path, stage: str, step: int, extra: dict) -> None:
+    """Atomically write ``output_dir/checkpoints/{stage}-{step:07d}``; keep the newest two."""
+    root = output_dir / "checkpoints"
+    final = root / f"{stage}-{step:07d}"
+    tmp = root / f".tmp-{stage}-{step:07d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        (tmp / "progress.json").write_text(json.dumps({"stage": stage, "step": step, **extra}))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)  # the rename is the commit point: a killed run leaves only .tmp-* behind
+        for old in sorted(root.glob(f"{stage}-*"))[:-2]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+def latest_checkpoint(output_dir: Path, stage: str) -> Path | None:
+    found = sorted((output_dir / "checkpoints").glob(f"{stage}-*"))
+    return found[-1] if found else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+def main(args: argparse.Namespace) -> Path:
+    """Run (or resume) both stages and save the pipeline; returns its directory."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    config = dataclasses.replace(PROFILES[args.profile])
+    for name in ("unet_steps", "vae_steps", "batch_size"):
+        if getattr(args, name) is not None:
+            setattr(config, name, getattr(args, name))
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    set_seed(args.seed)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    tokenizer_dir = args.output_dir / "tokenizer"
+    if tokenizer_dir.exists():  # resume with exactly the vocabulary the checkpoint was trained on
+        from transformers import CLIPTokenizer
+
+        tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    else:
+        from selfcorrect.train.tokenizer import build_world_tokenizer
+
+        tokenizer = build_world_tokenizer(world_vocabulary())
+        if accelerator.is_main_process:
+            tokenizer.save_pretrained(tokenizer_dir)
+    vae, text_encoder, unet = build_components(config, tokenizer)
+    data = CaptionedScenes(args.seed, config.texture_max)
+    loader = torch.utils.data.DataLoader(
+        data,
+        batch_size=config.batch_size,
+        shuffle=False,
+        num_workers=args.num_workers,
+        sampler=range(10**9),  # deterministic and endless
+    )
+    loader = accelerator.prepare(loader)  # shards batches across processes under accelerate launch
+
+    started = time.perf_counter()
+    scaling = _train_vae(accelerator, args, config, vae, loader)
+    vae.register_to_config(scaling_factor=scaling)  # saved in the VAE's config.json
+    unet, text_encoder = _train_unet(accelerator, args, config, vae, text_encoder, tokenizer, unet, loader)
+
+    if accelerator.is_main_process:
+        out = _save_pipeline(args, config, vae, text_encoder, tokenizer, unet, time.perf_counter() - started)
+        logger.info("saved %s", out)
+        return out
+    return args.output_dir / "pipeline"
+
+
+def _batches(accelerator, loader, skip: int):
+    # Endless and resumable: batch i of a run is the same batch whether or not the run was resumed;
+    # skipping happens in the sampler, so skipped batches are never rendered.
+    return iter(accelerator.skip_first_batches(loader, skip) if skip else loader)
+
+
+def _train_vae(accelerator, args, config: T2IConfig, vae, loader) -> float:
+    """Stage 1; returns the latent scaling factor (1 / std of latents, as Stable Diffusion does)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr)
+    vae, optimizer = accelerator.prepare(vae, optimizer)
+    start = 0
+    if (ckpt := latest_checkpoint(args.output_dir, "vae")) is not None:
+        accelerator.load_state(str(ckpt))
+        start = json.loads((ckpt / "progress.json").read_text())["step"]
+        logger.info("resumed VAE from %s", ckpt)
+    bar = tqdm(
+        total=config.vae_steps,
+        initial=start,
+        desc="vae",
+        disable=args.no_progress or not accelerator.is_main_process,
+    )
+    batches = _batches(accelerator, loader, start)
+    for step in range(start, config.vae_steps):
+        images, _ = next(batches)
+        with accelerator.autocast():
+            # Through forward(), so DDP syncs gradients. No KL term: Stable Diffusion weights it
+            # 1e-6, which does nothing at this scale; the latent scale is normalised afterwards.
+            recon = vae(images, sample_posterior=True).sample
+            # L1 keeps flat colours and sharp edges better than L2.
+            loss = (recon.float() - images).abs().mean()
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if (step + 1) % args.checkpoint_every == 0 and step + 1 < config.vae_steps:
+            save_checkpoint(accelerator, args.output_dir, "vae", step + 1, {})
+    bar.close()
+    if config.vae_steps > start:
+        save_checkpoint(accelerator, args.output_dir, "vae", config.vae_steps, {})
+    vae = accelerator.unwrap_model(vae).eval().requires_grad_(False)
+    with torch.no_grad():
+        std = vae.encode(next(iter(loader))[0]).latent_dist.mean.std().item()
+    return 1.0 / max(std, 1e-6)
+
+
+def _train_unet(accelerator, args, config: T2IConfig, vae, text_encoder, tokenizer, unet, loader):
+    import torch
+    from diffusers.training_utils import EMAModel
+    from tqdm.auto import tqdm
+
+    scheduler = build_scheduler()
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(params, lr=config.unet_lr, weight_decay=0.01)
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: (
+            min(1.0, (s + 1) / 200)
+            * 0.5
+            * (1 + math.cos(math.pi * min(s, config.unet_steps) / config.unet_steps))
+        ),
+    )
+    ema = EMAModel(params, decay=config.ema_decay, use_ema_warmup=True)
+    unet, text_encoder, optimizer, lr_schedule = accelerator.prepare(
+        unet, text_encoder, optimizer, lr_schedule
+    )
+    ema.to(accelerator.device)
+    accelerator.register_for_checkpointing(ema)
+    vae.to(accelerator.device)
+    start = 0
+    if (ckpt := latest_checkpoint(args.output_dir, "unet")) is not None:
+        accelerator.load_state(str(ckpt))
+        start = json.loads((ckpt / "progress.json").read_text())["step"]
+        logger.info("resumed UNet from %s", ckpt)
+    bar = tqdm(
+        total=config.unet_steps,
+        initial=start,
+        desc="unet",
+        disable=args.no_progress or not accelerator.is_main_process,
+    )
+    # Offset so the UNet stage does not see exactly the VAE stage's batches.
+    batches = _batches(accelerator, loader, config.vae_steps + start)
+    for step in range(start, config.unet_steps):
+        images, texts = next(batches)
+        ids = tokenizer(
+            list(texts),
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        with torch.no_grad():
+            latents = vae.encode(images).latent_dist.sample() * vae.config.scaling_factor  # (B, 4, 16, 16)
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
+        noisy = scheduler.add_noise(latents, noise, t)
+        with accelerator.autocast():
+            context = text_encoder(ids.to(accelerator.device))[0]  # (B, L, text_hidden)
+            pred = unet(noisy, t, context).sample
+            loss = torch.nn.functional.mse_loss(pred.float(), noise)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        lr_schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.step(params)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if (step + 1) % args.checkpoint_every == 0 and step + 1 < config.unet_steps:
+            save_checkpoint(accelerator, args.output_dir, "unet", step + 1, {})
+    bar.close()
+    if config.unet_steps > start:
+        save_checkpoint(accelerator, args.output_dir, "unet", config.unet_steps, {})
+    unet, text_encoder = accelerator.unwrap_model(unet), accelerator.unwrap_model(text_encoder)
+    ema.copy_to(params)  # ship the EMA weights: cleaner samples than the raw ones
+    return unet, text_encoder
+
+
+def _save_pipeline(args, config, vae, text_encoder, tokenizer, unet, seconds: float) -> Path:
+    import torch
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    sampler = DPMSolverMultistepScheduler.from_config(build_scheduler().config)
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=sampler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    out = args.output_dir / "pipeline"
+    tmp = args.output_dir / ".tmp-pipeline"
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
+    record = {
+        "profile": args.profile,
+        "seed": args.seed,
+        "config": dataclasses.asdict(config),
+        "train_seconds": round(seconds, 1),
+        "device": str(next(unet.parameters()).device),
+        "torch": torch.__version__,
+        "defaults": {
+            "num_inference_steps": config.sample_steps,
+            "guidance_scale": config.guidance_scale,
+            "height": CANVAS,
+            "width": CANVAS,
+        },
+    }
+    (tmp / "selfcorrect_training.json").write_text(json.dumps(record, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+if __name__ == "__main__":
+    main(parse_args())
