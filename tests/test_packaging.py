@@ -71,7 +71,18 @@ def test_oracle_is_not_imported_by_critics_diffusion_or_vision():
 def test_built_wheel_maps_the_folders(tmp_path):
     # An editable install hides mapping mistakes; build the real wheel and look inside.
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
         check=True,
     )
     (wheel,) = tmp_path.glob("selfcorrect-*.whl")
@@ -84,11 +95,15 @@ def test_built_wheel_maps_the_folders(tmp_path):
 
 def test_help_is_fast():
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "selfcorrect.cli", "--help"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "selfcorrect.cli", "--help"], capture_output=True, text=True, check=True
+    )
     elapsed = time.perf_counter() - start
     assert "world" in out.stdout
     assert elapsed < 1.0, f"selfcorrect --help took {elapsed:.2f} s"
     # --help must not import the heavy libraries.
     probe = "import sys, selfcorrect.cli; print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'numpy', 'PIL') if m in sys.modules))"
-    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert loaded == "[]"
