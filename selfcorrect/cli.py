@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -20,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (also used in-process by the tests)."""
     parser = make_parser()
     args = parser.parse_args(argv)
+    # Recorded in benchmark results, so every number says which command produced it.
+    args.command_line = shlex.join(["selfcorrect", *(sys.argv[1:] if argv is None else argv)])
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
@@ -41,8 +44,170 @@ def make_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"selfcorrect {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    make_generate_parser(commands)
+    make_eval_parser(commands)
     make_world_parser(commands)
     return parser
+
+
+# ---------------------------------------------------------------------------------------------
+# selfcorrect generate / eval
+
+
+def _add_pipeline_args(p) -> None:
+    p.add_argument("--preset", default="world", help="world (default, embedded), sd15, sdxl or sd-turbo")
+    p.add_argument(
+        "--source", default=None, help="hub id or local directory of the weights (default: the preset's)"
+    )
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the preset's)")
+    p.add_argument(
+        "--guidance", type=float, default=None, help="classifier-free guidance scale (default: the preset's)"
+    )
+    p.add_argument("--size", type=int, default=None, help="image side in pixels (default: the preset's)")
+    p.add_argument("--attention", default="auto", help="auto (default), xformers, sdpa or math")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        help="float32, float16 or bfloat16 (default: float32 on CPU, float16 on CUDA)",
+    )
+
+
+def make_generate_parser(commands) -> None:
+    p = commands.add_parser("generate", help="generate an image for a prompt (and, later, correct it)")
+    p.add_argument("prompt", help='e.g. "two red circles and a blue square"')
+    p.add_argument(
+        "-o", "--output", required=True, type=Path, help="output directory (image.png + record.json)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed (default: 0); the same seed gives the same image on CPU"
+    )
+    p.add_argument("--rounds", type=int, default=0, help="correction rounds (default: 0: generate only)")
+    _add_pipeline_args(p)
+    p.set_defaults(func=cmd_generate)
+
+
+def make_eval_parser(commands) -> None:
+    evaluate = commands.add_parser("eval", help="benchmarks on the embedded world, graded by the oracle")
+    sub = evaluate.add_subparsers(title="eval commands", metavar="COMMAND")
+    p = sub.add_parser("t2i", help="GenEval-style accuracy of a text-to-image model on a prompt suite")
+    p.add_argument("--split", default="test", help="suite split (default: test); held-out combos are added")
+    p.add_argument("--seeds", type=int, default=4, help="images per prompt (default: 4, as GenEval)")
+    p.add_argument("--limit", type=int, default=None, help="at most N prompts per category")
+    p.add_argument("--batch-size", type=int, default=32, help="images per pipeline call (default: 32)")
+    p.add_argument("--json", type=Path, default=None, help="write results here (+ a .md table beside it)")
+    _add_pipeline_args(p)
+    p.set_defaults(func=cmd_eval_t2i)
+
+
+def _load(args):
+    """Validate the common pipeline arguments, then load the pipeline (the slow part)."""
+    from selfcorrect.diffusion.presets import PRESET_DEFAULTS, load_pipeline
+
+    if args.steps is not None and not 1 <= args.steps <= 1000:
+        raise SelfcorrectError(f"--steps must be between 1 and 1000, got {args.steps}")
+    if args.guidance is not None and not 0.0 <= args.guidance <= 50.0:
+        raise SelfcorrectError(f"--guidance must be between 0 and 50, got {args.guidance}")
+    if args.size is not None and (not 16 <= args.size <= 2048 or args.size % 8):
+        raise SelfcorrectError(f"--size must be a multiple of 8 between 16 and 2048, got {args.size}")
+    if args.preset not in PRESET_DEFAULTS:
+        raise SelfcorrectError(f"unknown preset {args.preset!r}; presets are {', '.join(PRESET_DEFAULTS)}")
+    loaded = load_pipeline(
+        args.preset, args.source, dtype=args.dtype, device=args.device, attention=args.attention
+    )
+    steps = args.steps or loaded.defaults.num_inference_steps
+    guidance = loaded.defaults.guidance_scale if args.guidance is None else args.guidance
+    size = args.size or loaded.defaults.resolution
+    return loaded, steps, guidance, size
+
+
+def cmd_generate(args) -> int:
+    import time
+
+    from selfcorrect.diffusion.generate import generate
+    from selfcorrect.io import save_image, write_json
+
+    if args.rounds != 0:
+        raise SelfcorrectError("correction rounds are not available yet: use --rounds 0")
+    if args.preset == "world":  # the world model only knows the world grammar: refuse early and clearly
+        from selfcorrect.world.grammar import parse_prompt
+
+        parse_prompt(args.prompt)
+    elif not args.prompt.strip():
+        raise SelfcorrectError("the prompt is empty")
+    if args.output.exists() and not args.output.is_dir():
+        raise SelfcorrectError(f"cannot write into {args.output}: it is a file, not a directory")
+    started = time.perf_counter()
+    loaded, steps, guidance, size = _load(args)
+    load_seconds = time.perf_counter() - started
+    (result,) = generate(
+        loaded.pipeline, [args.prompt], [args.seed], steps=steps, guidance=guidance, size=size
+    )
+    image_path = save_image(result.image, args.output / "image.png")
+    record = {
+        "prompt": args.prompt,
+        "seed": args.seed,
+        "preset": loaded.preset,
+        "source": loaded.source,
+        "steps": steps,
+        "guidance": guidance,
+        "size": size,
+        "device": loaded.device,
+        "dtype": loaded.dtype,
+        "attention": loaded.attention,
+        "image": image_path.name,
+        "timings": {"load_seconds": round(load_seconds, 3), "generate_seconds": round(result.seconds, 3)},
+        "rounds": [],
+    }
+    write_json(args.output / "record.json", record)
+    print(
+        f"wrote {image_path} ({size}x{size}, seed {args.seed}, {steps} steps, attention {loaded.attention}, {result.seconds:.2f} s)"
+    )
+    return 0
+
+
+def cmd_eval_t2i(args) -> int:
+    from selfcorrect.diffusion.generate import generate
+    from selfcorrect.io import write_json, write_text
+    from selfcorrect.world.t2i_eval import evaluate_t2i, markdown_table
+
+    if args.seeds < 1:
+        raise SelfcorrectError(f"--seeds must be at least 1, got {args.seeds}")
+    if args.limit is not None and args.limit < 1:
+        raise SelfcorrectError(f"--limit must be at least 1, got {args.limit}")
+    loaded, steps, guidance, size = _load(args)
+
+    def generate_fn(prompts, seeds):
+        out = generate(
+            loaded.pipeline,
+            prompts,
+            seeds,
+            steps=steps,
+            guidance=guidance,
+            size=size,
+            batch_size=args.batch_size,
+        )
+        return [g.image for g in out]
+
+    result = evaluate_t2i(generate_fn, split=args.split, seeds=args.seeds, limit=args.limit)
+    result["model"] = {
+        "preset": loaded.preset,
+        "source": loaded.source,
+        "steps": steps,
+        "guidance": guidance,
+        "size": size,
+        "device": loaded.device,
+        "dtype": loaded.dtype,
+        "attention": loaded.attention,
+    }
+    result["command"] = args.command_line
+    table = markdown_table(result)
+    print(table)
+    if args.json is not None:
+        write_json(args.json, result)
+        write_text(args.json.with_suffix(".md"), f"# World GenEval: {loaded.preset}\n\n{table}\n")
+        print(f"wrote {args.json} and {args.json.with_suffix('.md')}")
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,7 +264,9 @@ def cmd_world_render(args) -> int:
     scene = sample_scene(requirements, args.seed, texture=args.texture)
     save_image(render(scene, args.size), args.output)
     if args.json:
-        print(json.dumps({"prompt": args.prompt, "image": str(args.output), "scene": scene.to_dict()}, indent=2))
+        print(
+            json.dumps({"prompt": args.prompt, "image": str(args.output), "scene": scene.to_dict()}, indent=2)
+        )
     else:
         objects = ", ".join(o.phrase for o in scene.objects)
         print(f"wrote {args.output} ({args.size}x{args.size}, seed {args.seed}): {objects}")

@@ -19,3 +19,16 @@ def pytest_collection_modifyitems(config, items):
 
             if not torch.cuda.is_available():
                 item.add_marker(pytest.mark.skip(reason="needs CUDA"))
+
+
+@pytest.fixture(scope="session")
+def tiny_world_pipeline(tmp_path_factory):
+    """A world text-to-image pipeline trained for 3 steps with the `tiny` profile (seconds).
+
+    It draws noise, not shapes: use it to test plumbing (loading, seeding, outputs), not quality.
+    """
+    from selfcorrect.train import world_t2i
+
+    out = tmp_path_factory.mktemp("tiny-world-t2i")
+    args = world_t2i.parse_args(["--profile", "tiny", "--output-dir", str(out), "--no-progress"])
+    return world_t2i.main(args)
