@@ -51,6 +51,8 @@ def save_image(image, path: str | os.PathLike) -> Path:
     import io
 
     path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"cannot write {path}: it is a directory")
     fmt = IMAGE_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise OutputError(

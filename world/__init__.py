@@ -6,6 +6,8 @@ The oracle (:mod:`selfcorrect.world.oracle`) reads images back; only ``world/``,
 builders, tests and benchmarks may import it.
 """
 
+from selfcorrect.world.data import QA, WorldDataset
+from selfcorrect.world.grammar import canonical_prompt, caption, parse_prompt
 from selfcorrect.world.render import render
 from selfcorrect.world.requirements import (
     CATEGORIES,
@@ -18,23 +20,11 @@ from selfcorrect.world.requirements import (
 )
 from selfcorrect.world.sampling import random_scene, sample_scene
 from selfcorrect.world.scene import COLOURS, PALETTE, RELATIONS, SHAPES, SIZES, Scene, WorldObject
+from selfcorrect.world.suites import HELDOUT_COMBOS, is_heldout_combo, load_suite
 
 __all__ = [
-    "CATEGORIES",
-    "COLOURS",
-    "PALETTE",
-    "RELATIONS",
-    "SHAPES",
-    "SIZES",
-    "CountRequirement",
-    "ObjectQuery",
-    "RelationRequirement",
-    "RequirementResult",
-    "Requirements",
-    "Scene",
-    "WorldObject",
-    "evaluate",
-    "random_scene",
-    "render",
-    "sample_scene",
-]
+    "CATEGORIES", "COLOURS", "HELDOUT_COMBOS", "PALETTE", "QA", "RELATIONS", "SHAPES", "SIZES",
+    "CountRequirement", "ObjectQuery", "RelationRequirement", "RequirementResult", "Requirements",
+    "Scene", "WorldDataset", "WorldObject", "canonical_prompt", "caption", "evaluate",
+    "is_heldout_combo", "load_suite", "parse_prompt", "random_scene", "render", "sample_scene",
+]  # fmt: skip
