@@ -121,6 +121,20 @@ def _load(args):
     return loaded, steps, guidance, size
 
 
+def _pipeline_record(loaded, steps: int, guidance: float, size: int) -> dict:
+    """What ran, for every output that holds generated images."""
+    return {
+        "preset": loaded.preset,
+        "source": loaded.source,
+        "steps": steps,
+        "guidance": guidance,
+        "size": size,
+        "device": loaded.device,
+        "dtype": loaded.dtype,
+        "attention": loaded.attention,
+    }
+
+
 def cmd_generate(args) -> int:
     import time
 
@@ -147,14 +161,7 @@ def cmd_generate(args) -> int:
     record = {
         "prompt": args.prompt,
         "seed": args.seed,
-        "preset": loaded.preset,
-        "source": loaded.source,
-        "steps": steps,
-        "guidance": guidance,
-        "size": size,
-        "device": loaded.device,
-        "dtype": loaded.dtype,
-        "attention": loaded.attention,
+        **_pipeline_record(loaded, steps, guidance, size),
         "image": image_path.name,
         "timings": {"load_seconds": round(load_seconds, 3), "generate_seconds": round(result.seconds, 3)},
         "rounds": [],
@@ -190,16 +197,7 @@ def cmd_eval_t2i(args) -> int:
         return [g.image for g in out]
 
     result = evaluate_t2i(generate_fn, split=args.split, seeds=args.seeds, limit=args.limit)
-    result["model"] = {
-        "preset": loaded.preset,
-        "source": loaded.source,
-        "steps": steps,
-        "guidance": guidance,
-        "size": size,
-        "device": loaded.device,
-        "dtype": loaded.dtype,
-        "attention": loaded.attention,
-    }
+    result["model"] = _pipeline_record(loaded, steps, guidance, size)
     result["command"] = args.command_line
     table = markdown_table(result)
     print(table)

@@ -92,3 +92,16 @@ def test_checkpoints_are_atomic_and_a_rerun_resumes(trained, capsys):
     assert (trained / "checkpoints" / "unet-0000004").exists()
     after = (trained / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
     assert before != after
+
+
+def test_vae_loss_weights_object_pixels():
+    # 2x2 image: gray background (0.0) with one object pixel (1.0); reconstruction all background.
+    images = torch.zeros(1, 3, 2, 2)
+    images[0, :, 1, 1] = 1.0
+    recon = torch.zeros_like(images)
+    # Object error 1 in 3 channels at weight 10 -> 30; weights 10 + 1 + 1 + 1 = 13 per channel, x3 = 39.
+    assert world_t2i.vae_loss(recon, images).item() == pytest.approx(30 / 39)
+    # An error on the background counts 10x less than the same error on the object.
+    off_background = images.clone()
+    off_background[0, :, 0, 1] = 1.0
+    assert world_t2i.vae_loss(off_background, images).item() == pytest.approx(3 / 39)

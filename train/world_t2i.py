@@ -287,6 +287,16 @@ def latest_checkpoint(output_dir: Path, stage: str) -> Path | None:
     return found[-1] if found else None
 
 
+def resume(accelerator, output_dir: Path, stage: str) -> int:
+    """Load the newest checkpoint of ``stage`` into the prepared objects; returns its step (0 if none)."""
+    ckpt = latest_checkpoint(output_dir, stage)
+    if ckpt is None:
+        return 0
+    accelerator.load_state(str(ckpt))
+    logger.info("resumed %s from %s", stage, ckpt)
+    return json.loads((ckpt / "progress.json").read_text())["step"]
+
+
 # ---------------------------------------------------------------------------------------------
 # Training
 
@@ -373,11 +383,7 @@ def _train_vae(accelerator, args, config: T2IConfig, vae, loader) -> float:
 
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr)
     vae, optimizer = accelerator.prepare(vae, optimizer)
-    start = 0
-    if (ckpt := latest_checkpoint(args.output_dir, "vae")) is not None:
-        accelerator.load_state(str(ckpt))
-        start = json.loads((ckpt / "progress.json").read_text())["step"]
-        logger.info("resumed VAE from %s", ckpt)
+    start = resume(accelerator, args.output_dir, "vae")
     bar = tqdm(
         total=config.vae_steps,
         initial=start,
@@ -431,11 +437,7 @@ def _train_unet(accelerator, args, config: T2IConfig, vae, text_encoder, tokeniz
     ema.to(accelerator.device)
     accelerator.register_for_checkpointing(ema)
     vae.to(accelerator.device)
-    start = 0
-    if (ckpt := latest_checkpoint(args.output_dir, "unet")) is not None:
-        accelerator.load_state(str(ckpt))
-        start = json.loads((ckpt / "progress.json").read_text())["step"]
-        logger.info("resumed UNet from %s", ckpt)
+    start = resume(accelerator, args.output_dir, "unet")
     bar = tqdm(
         total=config.unet_steps,
         initial=start,
