@@ -82,8 +82,8 @@ class PresetDefaults:
 
 PRESET_DEFAULTS = {
     # 64x64 images; the sampling defaults train/world_t2i.py saves with the model
-    # (T2IConfig.sample_steps and guidance_scale, with its DPM-Solver++ scheduler).
-    "world": PresetDefaults(str(WORLD_WEIGHTS_DIR), 20, 3.0, 64),
+    # (T2IConfig.sample_steps and guidance_scale, with its DDIM scheduler).
+    "world": PresetDefaults(str(WORLD_WEIGHTS_DIR), 25, 3.0, 64),
     # runwayml/stable-diffusion-v1-5 was taken down in 2024; this is its maintained mirror.
     "sd15": PresetDefaults("stable-diffusion-v1-5/stable-diffusion-v1-5", 50, 7.5, 512),
     "sdxl": PresetDefaults("stabilityai/stable-diffusion-xl-base-1.0", 50, 5.0, 1024),

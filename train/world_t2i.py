@@ -64,7 +64,7 @@ class T2IConfig:
     unet_lr: float = 5e-4
     ema_decay: float = 0.999
     guidance_scale: float = 3.0  # default for sampling, stored with the pipeline
-    sample_steps: int = 20
+    sample_steps: int = 25
     mixed_precision: str = "no"
     texture_max: float = 0.15  # background texture of training renders drawn from [0, texture_max]
     notes: dict = field(default_factory=dict)
@@ -484,9 +484,11 @@ def _train_unet(accelerator, args, config: T2IConfig, vae, text_encoder, tokeniz
 
 def _save_pipeline(args, config, vae, text_encoder, tokenizer, unet, seconds: float) -> Path:
     import torch
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    sampler = DPMSolverMultistepScheduler.from_config(build_scheduler().config)
+    # DDIM, not DPM-Solver: with the cosine schedule the last alpha_cumprod is ~0, and DPM-Solver's
+    # sigmas blow up there (its samples come out as coloured noise); DDIM samples cleanly.
+    sampler = DDIMScheduler.from_config(build_scheduler().config)
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
