@@ -507,7 +507,8 @@ def _save_pipeline(args, config, vae, text_encoder, tokenizer, unet, seconds: fl
         "profile": args.profile,
         "seed": args.seed,
         "config": dataclasses.asdict(config),
-        "train_seconds": round(seconds, 1),
+        # Wall time of this invocation only: a resumed run does not know how long earlier ones took.
+        "seconds_this_run": round(seconds, 1),
         "device": str(next(unet.parameters()).device),
         "torch": torch.__version__,
         "defaults": {
