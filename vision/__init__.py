@@ -10,6 +10,11 @@ _EXPORTS = {
     "ModelFormatError": "selfcorrect.vision.vlm",
     "VLMInputError": "selfcorrect.vision.vlm",
     "load_image": "selfcorrect.vision.images",
+    "LoadedClip": "selfcorrect.vision.clip",
+    "load_world_clip": "selfcorrect.vision.clip",
+    "clip_scores": "selfcorrect.vision.clip",
+    "encode_images": "selfcorrect.vision.clip",
+    "encode_texts": "selfcorrect.vision.clip",
 }
 __all__ = sorted(_EXPORTS)
 

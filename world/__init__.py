@@ -8,6 +8,7 @@ builders, tests and benchmarks may import it.
 
 from selfcorrect.world.data import QA, WorldDataset
 from selfcorrect.world.grammar import canonical_prompt, caption, parse_prompt
+from selfcorrect.world.negatives import NEGATIVE_KINDS, HardNegative, hard_negatives
 from selfcorrect.world.render import render
 from selfcorrect.world.requirements import (
     CATEGORIES,
@@ -23,8 +24,8 @@ from selfcorrect.world.scene import COLOURS, PALETTE, RELATIONS, SHAPES, SIZES, 
 from selfcorrect.world.suites import HELDOUT_COMBOS, is_heldout_combo, load_suite
 
 __all__ = [
-    "CATEGORIES", "COLOURS", "HELDOUT_COMBOS", "PALETTE", "QA", "RELATIONS", "SHAPES", "SIZES",
-    "CountRequirement", "ObjectQuery", "RelationRequirement", "RequirementResult", "Requirements",
+    "CATEGORIES", "COLOURS", "HELDOUT_COMBOS", "NEGATIVE_KINDS", "PALETTE", "QA", "RELATIONS", "SHAPES", "SIZES",
+    "CountRequirement", "HardNegative", "ObjectQuery", "RelationRequirement", "RequirementResult", "Requirements",
     "Scene", "WorldDataset", "WorldObject", "canonical_prompt", "caption", "evaluate",
-    "is_heldout_combo", "load_suite", "parse_prompt", "random_scene", "render", "sample_scene",
+    "hard_negatives", "is_heldout_combo", "load_suite", "parse_prompt", "random_scene", "render", "sample_scene",
 ]  # fmt: skip

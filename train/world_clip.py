@@ -1,0 +1,569 @@
+"""Train the embedded world's CLIP and save it as an ordinary open_clip model.
+
+The model is an :class:`open_clip.CLIP` built from a small custom model config registered with
+``open_clip.add_model_config`` (a ViT image tower for 64x64 images, a text transformer) and
+open_clip's standard CLIP tokenizer. It learns contrastively from world scenes rendered on the fly:
+half sampled for prompts of the train suite (so it sees the suites' wording), half free random
+scenes captioned in a random style. Held-out colour-shape combinations never appear.
+
+Two additions to CLIP's loss, both because CLIP's weakness is attribute binding:
+
+* **hard negatives** (NegCLIP): each image also contrasts with captions one edit away from its
+  own (:func:`selfcorrect.world.negatives.hard_negatives`: another colour, count, relation, or an
+  attribute swapped between two objects). In-batch captions of other scenes almost never differ
+  that little, so without them nothing teaches binding and the model stays a bag of words.
+* **no false negatives**: a short prompt ("a photo of a circle") is often true of other images in
+  the batch too; such pairs are left out of both softmaxes instead of being pushed apart.
+
+Usage::
+
+    python -m selfcorrect.train.world_clip --profile cpu --output-dir runs/world-clip
+    accelerate launch -m selfcorrect.train.world_clip --profile gpu --output-dir runs/world-clip
+
+The model lands in ``OUTPUT_DIR/model`` (fp16 safetensors and configs in open_clip's folder
+layout, see :mod:`selfcorrect.vision.clip`, plus ``selfcorrect_training.json`` with the
+validation result of :func:`evaluate_hard_negatives`); copy it to ``selfcorrect/weights/world-clip``
+to ship it. Training can be killed at any time: checkpoints are written atomically every
+``--checkpoint-every`` steps and a rerun with the same ``--output-dir`` resumes from the newest one.
+Under ``accelerate launch`` every process builds its own batches and computes the loss on them
+(a local loss: no feature gathering); gradients are averaged as usual.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from selfcorrect.errors import SelfcorrectError
+from selfcorrect.train.world_t2i import resume, save_checkpoint
+
+logger = logging.getLogger(__name__)
+
+CANVAS = 64  # image side in pixels
+VOCAB_SIZE = 49408  # open_clip's SimpleTokenizer (the CLIP BPE): its ids run to 49407
+CAPTION_STYLES = ("canonical", "geneval", "natural", "positional", "counted")
+STAGE = "clip"  # checkpoint folder prefix
+TEXTURE_MAX = 0.15  # half the renders get background texture of amplitude drawn from [0, TEXTURE_MAX]
+
+
+@dataclass
+class ClipConfig:
+    """Sizes and schedule of one training run. See :data:`PROFILES` for the named presets.
+
+    > Model (an open_clip model config; see :func:`model_config`)
+    embed_dim: width of the shared image-text embedding.
+    vision_width / vision_layers / patch_size / head_width: the ViT image tower; 64x64 images in
+      ``patch_size`` patches, ``vision_width // head_width`` heads.
+    text_width / text_heads / text_layers / context_length: the text transformer. Its token
+      embedding has a row per BPE token (49,408 x text_width), most of the shipped weights.
+
+    > Schedule
+    steps: optimiser steps; batch_size: images per step (per process).
+    hard_negatives: hard-negative captions per image (0 turns them off).
+    prompt_share: share of scenes sampled for train-suite prompts (the rest are random scenes).
+    max_objects: objects in a random scene, at most (the suites ask for at most 4).
+    eval_limit: validation prompts scored at the end, for the training record (None: all 350).
+    """
+
+    embed_dim: int = 128
+    vision_width: int = 128
+    vision_layers: int = 4
+    patch_size: int = 8
+    head_width: int = 32
+    text_width: int = 48
+    text_heads: int = 3
+    text_layers: int = 3
+    context_length: int = 32
+    steps: int = 1800
+    batch_size: int = 64
+    hard_negatives: int = 4
+    lr: float = 1e-3
+    warmup: int = 100
+    weight_decay: float = 0.1
+    prompt_share: float = 0.5
+    max_objects: int = 4
+    texture_max: float = TEXTURE_MAX
+    mixed_precision: str = "no"
+    num_workers: int = 1
+    eval_limit: int | None = None
+    notes: dict = field(default_factory=dict)
+
+
+PROFILES: dict[str, ClipConfig] = {
+    # Seconds: for tests. Learns nothing useful.
+    "tiny": ClipConfig(
+        embed_dim=16,
+        vision_width=32,
+        vision_layers=1,
+        patch_size=16,
+        text_width=16,
+        text_heads=1,
+        text_layers=1,
+        steps=3,
+        batch_size=6,
+        hard_negatives=2,
+        warmup=1,
+        num_workers=0,
+        eval_limit=7,
+    ),
+    # About 15 minutes on 2 idle CPU cores: a step costs ~0.62 s of one core for the model and
+    # ~0.1 s for its batch (built in a loader worker, overlapping), so ~0.5 s on two.
+    "cpu": ClipConfig(),
+    # One GPU (bf16 autocast): a deeper image tower, bigger batches, 11x the steps. Same text
+    # tower, so the shipped fp16 weights stay under 8 MB (the token embedding dominates).
+    "gpu": ClipConfig(
+        vision_layers=6,
+        patch_size=4,
+        steps=20000,
+        batch_size=256,
+        hard_negatives=8,
+        lr=5e-4,
+        warmup=500,
+        mixed_precision="bf16",
+        num_workers=8,
+    ),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--profile", choices=sorted(PROFILES), default="cpu", help="size and schedule preset (default: cpu)"
+    )
+    p.add_argument(
+        "--output-dir", type=Path, required=True, help="checkpoints go here; the model in OUTPUT_DIR/model"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None, help="override the profile's steps (to train longer)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument(
+        "--checkpoint-every", type=int, default=250, help="steps between checkpoints (default: 250)"
+    )
+    p.add_argument(
+        "--num-workers", type=int, default=None, help="data loader processes (default: the profile's)"
+    )
+    p.add_argument("--eval-limit", type=int, default=None, help="validation prompts scored at the end")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+
+
+def model_config(config: ClipConfig) -> dict:
+    """The open_clip model config (``embed_dim``, ``vision_cfg``, ``text_cfg``) of ``config``."""
+    return {
+        "embed_dim": config.embed_dim,
+        "vision_cfg": {
+            "image_size": CANVAS,
+            "layers": config.vision_layers,
+            "width": config.vision_width,
+            "head_width": config.head_width,
+            "patch_size": config.patch_size,
+        },
+        "text_cfg": {
+            "context_length": config.context_length,
+            "vocab_size": VOCAB_SIZE,
+            "width": config.text_width,
+            "heads": config.text_heads,
+            "layers": config.text_layers,
+        },
+    }
+
+
+def contrastive_loss(
+    image_features,
+    text_features,
+    logit_scale,
+    negative_features=None,
+    negative_mask=None,
+    same=None,
+):
+    """CLIP's symmetric InfoNCE loss, with NegCLIP hard negatives and false negatives left out.
+
+    Row ``i`` of the image and text features is a matching pair; every other text of the batch is
+    a negative for image ``i`` (and every other image for text ``i``), except the pairs ``same``
+    marks, and image ``i`` also competes against its own hard negatives (image -> text only:
+    a hard negative has no image of its own).
+
+    Args:
+        image_features: ``(B, D)``, unit norm.
+        text_features: ``(B, D)``, unit norm.
+        logit_scale: scalar tensor, the inverse temperature (already ``exp``'d, as open_clip's
+            models return it).
+        negative_features: ``(B, K, D)`` unit-norm features of each image's hard negatives, or None.
+        negative_mask: ``(B, K)`` bool, False where a hard negative is padding; None = all real.
+        same: ``(B, B)`` bool, True where text ``j`` is also true of image ``i`` (``i != j``);
+            those pairs count neither way. The diagonal is ignored.
+
+    Returns:
+        A scalar: ``(CE(image -> texts) + CE(text -> images)) / 2``. With no negatives and no
+        ``same`` it equals ``open_clip.ClipLoss()(image_features, text_features, logit_scale)``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    b = image_features.shape[0]
+    labels = torch.arange(b, device=image_features.device)
+    logits = logit_scale * image_features @ text_features.T  # (B, B): image i x text j
+    if same is not None:
+        same = same & ~torch.eye(b, dtype=torch.bool, device=same.device)
+        logits = logits.masked_fill(same, float("-inf"))
+    text_to_image = F.cross_entropy(logits.T, labels)
+    if negative_features is not None and negative_features.shape[1] > 0:
+        hard = logit_scale * torch.einsum("bd,bkd->bk", image_features, negative_features)  # (B, K)
+        if negative_mask is not None:
+            hard = hard.masked_fill(~negative_mask, float("-inf"))
+        logits = torch.cat([logits, hard], dim=1)  # (B, B + K)
+    image_to_text = F.cross_entropy(logits, labels)
+    return (image_to_text + text_to_image) / 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+class ClipBatches:
+    """Map-style dataset whose item ``s`` is one whole batch, a pure function of ``(seed, s)``.
+
+    Whole batches, not single examples, because the false-negative mask compares every caption
+    with every scene of the batch; built in loader workers, it overlaps with the training step.
+
+    Each item is a dict of tensors:
+
+    * ``images``: ``(B, 3, 64, 64)`` float, through the model's eval preprocess. No augmentation:
+      open_clip's random resized crop would change sizes and positions, which captions state.
+    * ``texts``: ``(B, L)`` long token ids of each scene's caption.
+    * ``negatives``: ``(B, K, L)`` long, each scene's hard negatives ("" where fewer were found).
+    * ``negative_mask``: ``(B, K)`` bool, False for padding.
+    * ``same``: ``(B, B)`` bool, True where caption ``j`` is also true of scene ``i`` (``i != j``).
+    """
+
+    def __init__(self, config: ClipConfig, seed: int, preprocess, tokenizer, length: int = 10**9):
+        from selfcorrect.world.requirements import CATEGORIES
+        from selfcorrect.world.suites import load_suite
+
+        self.config, self.seed, self.length = config, seed, length
+        self.preprocess, self.tokenizer = preprocess, tokenizer
+        # Prompts by category, so each category is drawn equally often (the train suite holds 132
+        # position prompts but 500 colour ones, and position is the hardest to learn).
+        self.prompts = [ps for c in CATEGORIES if (ps := load_suite("train", c))]
+
+    def __len__(self) -> int:
+        return self.length
+
+    def example(self, rng: random.Random):
+        """One ``(scene, caption)``; no held-out combination in either."""
+        from selfcorrect.world.grammar import caption
+        from selfcorrect.world.sampling import random_scene, sample_scene
+        from selfcorrect.world.suites import is_heldout_combo
+
+        c = self.config
+        texture = rng.uniform(0.0, c.texture_max) if rng.random() < 0.5 else 0.0
+        while True:
+            if rng.random() < c.prompt_share:
+                item = rng.choice(rng.choice(self.prompts))
+                scene = sample_scene(item.requirements, rng.randrange(2**31), texture=texture)
+                text = item.prompt
+            else:
+                scene = random_scene(rng.randrange(2**31), max_objects=c.max_objects, texture=texture)
+                text = caption(scene, style=rng.choice(CAPTION_STYLES), rng=rng)
+            if not any(is_heldout_combo(o.colour, o.shape) for o in scene.objects):
+                return scene, text
+
+    def __getitem__(self, index: int) -> dict:
+        import torch
+
+        from selfcorrect.world.negatives import hard_negatives
+        from selfcorrect.world.render import render
+
+        c = self.config
+        scenes, texts, negatives = [], [], []
+        for i in range(c.batch_size):
+            rng = random.Random(f"{self.seed}:{index}:{i}")  # str seeds hash with sha512: stable
+            scene, text = self.example(rng)
+            negs = [h.text for h in hard_negatives(scene, text, n=c.hard_negatives, rng=rng)]
+            scenes.append(scene)
+            texts.append(text)
+            negatives.append(negs + [""] * (c.hard_negatives - len(negs)))
+        images = torch.stack([self.preprocess(render(s, CANVAS)) for s in scenes])
+        flat = [t for negs in negatives for t in negs]
+        ids = self.tokenizer(texts + flat)  # (B + B*K, L)
+        b, k = c.batch_size, c.hard_negatives
+        return {
+            "images": images,
+            "texts": ids[:b],
+            "negatives": ids[b:].view(b, k, -1),
+            "negative_mask": torch.tensor([[t != "" for t in negs] for negs in negatives]).view(b, k),
+            "same": same_mask(scenes, texts),
+        }
+
+
+def same_mask(scenes, texts):
+    """``(B, B)`` bool: True where ``texts[j]`` is true of ``scenes[i]`` and ``i != j``."""
+    import torch
+
+    from selfcorrect.world.grammar import parse_prompt
+    from selfcorrect.world.requirements import evaluate
+
+    requirements = [parse_prompt(t) for t in texts]
+    # A caption can only hold if every shape it says is there is there: a cheap test that skips
+    # most of the B*B evaluations.
+    needs = [{r.query.shape for r in req.objects if r.count > 0} for req in requirements]
+    shapes = [{o.shape for o in s.objects} for s in scenes]
+    mask = torch.zeros(len(scenes), len(texts), dtype=torch.bool)
+    for i, scene in enumerate(scenes):
+        for j, req in enumerate(requirements):
+            if i != j and needs[j] <= shapes[i]:
+                mask[i, j] = all(r.passed for r in evaluate(scene.objects, req))
+    return mask
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def evaluate_hard_negatives(
+    model, preprocess, tokenizer, split: str = "test", limit: int | None = None, seed: int = 0, n: int = 10
+) -> dict:
+    """Image -> its true caption among ``n`` hard negatives, over scenes of a prompt suite.
+
+    For each prompt of ``load_suite(split)`` one scene is sampled and rendered (half of them with
+    mild background texture); its caption is the prompt, its negatives come from
+    :func:`~selfcorrect.world.negatives.hard_negatives`. A scene counts as right when the prompt
+    scores strictly higher than every negative. Deterministic for ``(split, seed)``; a ``limit``
+    picks a seeded subset of the same scenes.
+
+    Args:
+        model, preprocess, tokenizer: an open_clip model, its eval transform and tokenizer.
+        split: a suite split (``train``, ``val``, ``test``, ``heldout``).
+        limit: score only this many prompts (a seeded sample across categories); None for all.
+        seed: seeds the scenes, the negatives and the sample.
+        n: hard negatives per scene (fewer where the caption allows fewer).
+
+    Returns:
+        ``{"split", "scenes", "negatives_per_scene", "accuracy", "by_kind", "by_category",
+        "pairwise_by_kind"}``: ``accuracy`` over all scenes; ``by_kind[k]`` = share of scenes
+        whose caption beats all their negatives of kind ``k`` (among scenes that have one);
+        ``pairwise_by_kind[k]`` = share of (caption, negative of kind k) pairs won.
+    """
+    import torch
+
+    from selfcorrect.vision.clip import encode_images, encode_texts
+    from selfcorrect.world.negatives import NEGATIVE_KINDS, hard_negatives
+    from selfcorrect.world.render import render
+    from selfcorrect.world.sampling import sample_scene
+    from selfcorrect.world.suites import load_suite
+
+    prompts = load_suite(split)
+    chosen = range(len(prompts))
+    if limit is not None and limit < len(prompts):
+        chosen = sorted(random.Random(f"sample:{seed}").sample(range(len(prompts)), limit))
+    items = []
+    for k in chosen:
+        rng = random.Random(f"clip-eval:{split}:{seed}:{k}")
+        texture = rng.uniform(0.0, TEXTURE_MAX) if rng.random() < 0.5 else 0.0
+        scene = sample_scene(prompts[k].requirements, rng.randrange(2**31), texture=texture)
+        items.append((prompts[k], scene, hard_negatives(scene, prompts[k].prompt, n=n, rng=rng)))
+    if not items:
+        raise ValueError(f"the {split!r} split has no prompts")
+
+    was_training = model.training
+    model.eval()
+    images = torch.stack([preprocess(render(scene, CANVAS)) for _, scene, _ in items])
+    image_features = encode_images(model, preprocess, images)  # (S, D)
+    texts = [t for p, _, negs in items for t in [p.prompt, *(h.text for h in negs)]]
+    text_features = encode_texts(model, tokenizer, texts)  # (sum of 1 + negatives, D)
+    model.train(was_training)
+
+    right, kind_right, kind_total, pair_right, pair_total = 0, {}, {}, {}, {}
+    category_right, category_total = {}, {}
+    start = 0
+    for (prompt, _, negs), feature in zip(items, image_features):
+        sims = text_features[start : start + 1 + len(negs)] @ feature  # (1 + negatives,)
+        start += 1 + len(negs)
+        won = sims[0] > sims[1:]  # (negatives,) bool
+        ok = bool(won.all())
+        right += ok
+        category_total[prompt.category] = category_total.get(prompt.category, 0) + 1
+        category_right[prompt.category] = category_right.get(prompt.category, 0) + ok
+        for kind in NEGATIVE_KINDS:
+            mine = [w for w, h in zip(won.tolist(), negs) if h.kind == kind]
+            if mine:
+                kind_total[kind] = kind_total.get(kind, 0) + 1
+                kind_right[kind] = kind_right.get(kind, 0) + all(mine)
+                pair_total[kind] = pair_total.get(kind, 0) + len(mine)
+                pair_right[kind] = pair_right.get(kind, 0) + sum(mine)
+    return {
+        "split": split,
+        "scenes": len(items),
+        "negatives_per_scene": round(sum(len(negs) for *_, negs in items) / len(items), 2),
+        "accuracy": right / len(items),
+        "by_kind": {k: kind_right[k] / kind_total[k] for k in NEGATIVE_KINDS if k in kind_total},
+        "by_category": {c: category_right[c] / category_total[c] for c in category_total},
+        "pairwise_by_kind": {k: pair_right[k] / pair_total[k] for k in NEGATIVE_KINDS if k in pair_total},
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+def main(args: argparse.Namespace) -> Path:
+    """Run (or resume) training, evaluate on the val split and save the model; returns its folder."""
+    import open_clip
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    config = dataclasses.replace(PROFILES[args.profile])
+    for name in ("steps", "batch_size", "num_workers", "eval_limit"):
+        if getattr(args, name, None) is not None:
+            setattr(config, name, getattr(args, name))
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    set_seed(args.seed)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    cfg = model_config(config)
+    name = _register(accelerator, args.output_dir, cfg)
+    model, _, preprocess = open_clip.create_model_and_transforms(name)  # random init, fp32
+    tokenizer = open_clip.get_tokenizer(name)
+
+    # AdamW as open_clip trains: no weight decay on gains, biases and the temperature.
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "ln" in n or "logit_scale" in n]
+    decay = [p for n, p in model.named_parameters() if not (p.ndim < 2 or "ln" in n or "logit_scale" in n)]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+    )
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,  # linear warm-up, then cosine decay to a tenth
+        lambda s: (
+            min(1.0, (s + 1) / config.warmup)
+            * (0.1 + 0.45 * (1 + math.cos(math.pi * min(s, config.steps) / config.steps)))
+        ),
+    )
+    model, optimizer, lr_schedule = accelerator.prepare(model, optimizer, lr_schedule)
+    start = resume(accelerator, args.output_dir, STAGE)
+
+    # Each process draws its own batches: batch s of process p is dataset item s * P + p, so a
+    # resumed run sees exactly the batches it would have seen.
+    P, p = accelerator.num_processes, accelerator.process_index
+    data = ClipBatches(config, args.seed, preprocess, tokenizer)
+    loader = torch.utils.data.DataLoader(
+        data,
+        batch_size=None,  # items are whole batches
+        sampler=range(start * P + p, config.steps * P, P),
+        num_workers=config.num_workers,
+    )
+    bar = tqdm(
+        total=config.steps,
+        initial=start,
+        desc="clip",
+        disable=args.no_progress or not accelerator.is_main_process,
+    )
+    started = time.perf_counter()
+    losses: list[float] = []
+    model.train()
+    for step, batch in enumerate(loader, start=start):
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        b, k, length = batch["negatives"].shape
+        text_ids = torch.cat([batch["texts"], batch["negatives"].view(b * k, length)])  # (B + B*K, L)
+        with accelerator.autocast():
+            # Through forward(), so DDP syncs gradients; it returns unit-norm features.
+            image_features, text_features, logit_scale = model(batch["images"], text_ids)
+        text_features = text_features.float()
+        loss = contrastive_loss(
+            image_features.float(),
+            text_features[:b],
+            logit_scale.float(),
+            text_features[b:].view(b, k, -1),
+            batch["negative_mask"],
+            batch["same"],
+        )
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        lr_schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():  # CLIP caps the inverse temperature at 100
+            accelerator.unwrap_model(model).logit_scale.clamp_(0, math.log(100))
+        losses.append(loss.item())
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", scale=f"{logit_scale.item():.1f}")
+        if (step + 1) % args.checkpoint_every == 0 and step + 1 < config.steps:
+            save_checkpoint(accelerator, args.output_dir, STAGE, step + 1, {})
+    bar.close()
+    seconds = time.perf_counter() - started
+    if config.steps > start:
+        save_checkpoint(accelerator, args.output_dir, STAGE, config.steps, {})
+
+    out = args.output_dir / "model"
+    if accelerator.is_main_process:
+        from selfcorrect.vision.clip import save_world_clip
+
+        model = accelerator.unwrap_model(model).float().eval()
+        result = evaluate_hard_negatives(model, preprocess, tokenizer, "val", config.eval_limit, args.seed)
+        logger.info("val: %.3f of scenes pick their caption over 10 hard negatives", result["accuracy"])
+        params = sum(t.numel() for t in model.parameters())
+        record = {
+            "profile": args.profile,
+            "seed": args.seed,
+            "config": dataclasses.asdict(config),
+            "model_cfg": cfg,
+            "parameters": params,
+            "steps_this_run": config.steps - start,
+            # Wall time of this invocation only: a resumed run does not know how long earlier ones took.
+            "seconds_this_run": round(seconds, 1),
+            "seconds_per_step": round(seconds / max(1, config.steps - start), 3),
+            "loss_last_50": round(sum(losses[-50:]) / max(1, len(losses[-50:])), 4) if losses else None,
+            "val": result,
+            "device": str(accelerator.device),
+            "torch": torch.__version__,
+            "open_clip": open_clip.__version__,
+        }
+        save_world_clip(model, cfg, out, record)
+        logger.info("saved %s", out)
+    accelerator.wait_for_everyone()
+    return out
+
+
+def _register(accelerator, output_dir: Path, cfg: dict) -> str:
+    """Register the model config with open_clip from ``OUTPUT_DIR/world-clip.json``.
+
+    A resumed run must build the architecture its checkpoints hold: a different saved config is
+    an error rather than a silent mismatch at load time.
+    """
+    import open_clip
+
+    from selfcorrect.vision.clip import WORLD_CLIP_NAME
+
+    path = output_dir / f"{WORLD_CLIP_NAME}.json"
+    if path.exists() and json.loads(path.read_text()) != cfg:
+        raise SelfcorrectError(
+            f"{output_dir} holds a run of another model config ({path}); use a new --output-dir, or the "
+            "profile it was trained with"
+        )
+    if accelerator.is_main_process:
+        path.write_text(json.dumps(cfg, indent=2))
+    accelerator.wait_for_everyone()
+    open_clip.add_model_config(path)
+    return path.stem
+
+
+if __name__ == "__main__":
+    main(parse_args())
