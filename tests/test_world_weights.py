@@ -1,0 +1,87 @@
+"""The weights the package ships: their budget, their format, and what the world T2I model draws."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import selfcorrect
+from selfcorrect.diffusion.presets import PRESET_DEFAULTS, WORLD_WEIGHTS_DIR
+
+WEIGHTS = Path(selfcorrect.__file__).resolve().parent / "weights"
+BUDGET_BYTES = 40 * 2**20  # every shipped weight together (the issue's 40 MB)
+
+# Oracle-graded bar on a fixed slice of the test suite (see test_world_model_draws_...): the
+# shipped model's measured accuracy there, minus a margin for float differences across torch
+# builds and CPUs. The full numbers are in benchmarks/results/t2i_world_test.md.
+SLICE = 12  # prompts per category
+QUALITY_BAR = {"single_object": 0.4, "colors": 0.75}  # measured 0.67 and 1.0 on torch 2.14.1
+
+
+def test_all_shipped_weights_fit_the_budget_and_are_fp16_safetensors():
+    from safetensors import safe_open
+
+    files = [p for p in WEIGHTS.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= BUDGET_BYTES
+    assert not [p.name for p in files if p.suffix in {".bin", ".pt", ".pth", ".pkl", ".ckpt"}]
+    tensors = [p for p in files if p.suffix == ".safetensors"]
+    assert tensors
+    for path in tensors:
+        with safe_open(path, framework="pt") as f:
+            dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}  # noqa: SIM118 (not a dict)
+        assert dtypes == {"F16"}, (path, dtypes)
+
+
+def test_world_model_card_names_its_training_run():
+    card = (WORLD_WEIGHTS_DIR / "README.md").read_text()
+    record = json.loads((WORLD_WEIGHTS_DIR / "selfcorrect_training.json").read_text())
+    assert f"--profile {record['profile']}" in card
+    assert f"{record['config']['unet_steps']:,}" in card or str(record["config"]["unet_steps"]) in card
+
+
+def test_plain_diffusers_loads_and_runs_the_shipped_world_model():
+    # Only diffusers here: no selfcorrect code between the files and the pipeline.
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(WORLD_WEIGHTS_DIR, dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe(
+        "a photo of a blue square",
+        num_inference_steps=4,
+        height=64,
+        width=64,
+        generator=torch.Generator().manual_seed(0),
+    ).images[0]
+    assert image.size == (64, 64)
+
+
+def test_preset_defaults_match_what_the_model_was_saved_with():
+    record = json.loads((WORLD_WEIGHTS_DIR / "selfcorrect_training.json").read_text())
+    defaults = PRESET_DEFAULTS["world"]
+    assert record["defaults"]["height"] == defaults.resolution == 64
+    assert record["defaults"]["num_inference_steps"] == defaults.num_inference_steps
+    assert record["defaults"]["guidance_scale"] == defaults.guidance_scale
+
+
+@pytest.mark.parametrize("category", sorted(QUALITY_BAR))
+def test_world_model_draws_single_objects_and_colours(category):
+    from selfcorrect.diffusion.generate import generate
+    from selfcorrect.diffusion.presets import load_pipeline
+    from selfcorrect.world.oracle import check
+    from selfcorrect.world.suites import load_suite
+
+    loaded = load_pipeline("world")
+    defaults = PRESET_DEFAULTS["world"]
+    items = load_suite("test", category)[:SLICE]
+    prompts = [p.prompt for p in items]
+    out = generate(
+        loaded.pipe,
+        prompts,
+        [0] * len(prompts),
+        steps=defaults.num_inference_steps,
+        guidance=defaults.guidance_scale,
+        size=defaults.resolution,
+    )
+    passed = [check(g.image, p.requirements).passed for g, p in zip(out, items)]
+    assert sum(passed) / len(passed) >= QUALITY_BAR[category], passed
