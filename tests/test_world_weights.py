@@ -76,7 +76,7 @@ def test_world_model_draws_single_objects_and_colours(category):
     items = load_suite("test", category)[:SLICE]
     prompts = [p.prompt for p in items]
     out = generate(
-        loaded.pipe,
+        loaded.pipeline,
         prompts,
         [0] * len(prompts),
         steps=defaults.num_inference_steps,
