@@ -42,13 +42,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from selfcorrect.errors import SelfcorrectError
-from selfcorrect.train.world_t2i import resume, save_checkpoint
+from selfcorrect.train.world_t2i import CANVAS, CAPTION_STYLES, resume, save_checkpoint
 
 logger = logging.getLogger(__name__)
 
-CANVAS = 64  # image side in pixels
 VOCAB_SIZE = 49408  # open_clip's SimpleTokenizer (the CLIP BPE): its ids run to 49407
-CAPTION_STYLES = ("canonical", "geneval", "natural", "positional", "counted")
 STAGE = "clip"  # checkpoint folder prefix
 TEXTURE_MAX = 0.15  # half the renders get background texture of amplitude drawn from [0, TEXTURE_MAX]
 
