@@ -1,0 +1,164 @@
+"""The world VLM's training conversations: formats, determinism, verified answers, no held-out combos."""
+
+import json
+import re
+
+import pytest
+
+from selfcorrect.critics import prompts as P
+from selfcorrect.world import oracle
+from selfcorrect.world.conversations import (
+    MIX,
+    TASKS,
+    ConversationSet,
+    Generated,
+    format_box,
+    grounding_answer,
+    parse_boxes,
+    reasons_of,
+    score_of,
+)
+from selfcorrect.world.grammar import parse_prompt
+from selfcorrect.world.render import render
+from selfcorrect.world.requirements import evaluate
+from selfcorrect.world.sampling import sample_scene
+from selfcorrect.world.suites import HELDOUT_COMBOS
+
+HELDOUT = re.compile("|".join(rf"\b{c} {s}(e?s)?\b" for c, s in HELDOUT_COMBOS))
+
+
+@pytest.fixture(scope="module")
+def examples():
+    ds = ConversationSet(240, seed=3)
+    return [ds[i] for i in range(len(ds))]
+
+
+def _texts(example):
+    return [p["text"] for m in example.messages for p in m["content"] if p["type"] == "text"]
+
+
+def test_every_task_appears_and_messages_are_well_formed(examples):
+    assert {e.task for e in examples} == set(TASKS)
+    for e in examples:
+        roles = [m["role"] for m in e.messages]
+        assert roles == ["user", "assistant"] * (len(roles) // 2) and roles
+        first = e.messages[0]["content"]
+        assert sum(p["type"] == "image" for p in first) == len(e.images)
+        assert all(p["type"] == "text" for m in e.messages[1:] for p in m["content"])
+        assert len(e.images) == (2 if e.task == "image_pairwise" else 1)
+        assert all(im.mode == "RGB" and im.size == (64, 64) for im in e.images)
+        assert all(t.strip() for t in _texts(e))
+
+
+def test_items_are_a_pure_function_of_seed_and_index():
+    a, b = ConversationSet(5, seed=7), ConversationSet(5, seed=7)
+    for i in range(5):
+        x, y = a[i], b[i]
+        assert x.messages == y.messages and x.task == y.task
+        assert [im.tobytes() for im in x.images] == [im.tobytes() for im in y.images]
+    assert (
+        ConversationSet(5, seed=8)[0].messages != a[0].messages
+        or ConversationSet(5, seed=8)[1].messages != a[1].messages
+    )
+
+
+def test_no_text_names_a_heldout_combination(examples):
+    for e in examples:
+        for text in _texts(e):
+            assert not HELDOUT.search(text), (e.task, text)
+
+
+def test_verdict_formats(examples):
+    for e in examples:
+        answer = e.messages[-1]["content"][0]["text"]
+        if e.task in ("pointwise", "image_pointwise"):
+            score = re.fullmatch(r"Final Score: (\d+)\n.+", answer, re.S)
+            assert score and int(score.group(1)) % 10 == 0 and 0 <= int(score.group(1)) <= 100
+        elif e.task == "pairwise":
+            assert answer.startswith(
+                (P.BETTER_RESPONSE + P.FIRST, P.BETTER_RESPONSE + P.SECOND, P.TIE_RESPONSES)
+            )
+        elif e.task == "image_pairwise":
+            assert answer.startswith((P.BETTER_IMAGE + P.FIRST, P.BETTER_IMAGE + P.SECOND, P.TIE_IMAGES))
+        elif e.task == "match":
+            assert answer in (P.YES, P.NO)
+        elif e.task == "steps":
+            lines = answer.split("\n")
+            assert lines[-1].startswith("Answer: ") and all(
+                line.startswith(f"Step {i + 1}: ") for i, line in enumerate(lines[:-1])
+            )
+        elif e.task == "critique":
+            verdict = json.loads(answer)
+            shown = re.findall(r"^Step (\d+): ", _texts(e)[0], re.M)
+            assert [k for k in verdict if k.startswith("step_")] == [f"step_{n}" for n in shown]
+            assert isinstance(verdict["answer_correctness"], bool)
+            for k, v in verdict.items():
+                if k.startswith("step_"):
+                    assert bool(v["explanation"]) == (not v["correctness"])
+
+
+def test_grounding_answers_are_the_boxes_of_the_named_objects():
+    # The boxes a ground example answers with must be where the oracle sees the named objects.
+    ds = ConversationSet(400, seed=1, mix={"ground": 1.0})
+    checked = 0
+    for i in range(40):
+        e = ds[i]
+        seen = oracle.analyse(e.images[0])
+        for user, assistant in zip(e.messages[::2], e.messages[1::2]):
+            phrase = re.match(r"Find every (.+)\. Answer", user["content"][-1]["text"]).group(1)
+            boxes = parse_boxes(assistant["content"][0]["text"])
+            words = phrase.split()
+            named = [
+                d
+                for d in seen
+                if d.shape is not None
+                and words[-1] == d.shape
+                and all(w in (d.colour, d.size) for w in words[:-1])
+            ]
+            if assistant["content"][0]["text"] == P.NO_BOXES:
+                assert not boxes
+            if len(named) == len(seen) == len({d.box for d in seen}):  # a clean read of every object
+                assert len(boxes) == len(named), (phrase, boxes, named)
+                for box in boxes:
+                    assert any(abs(box[0] - d.box[0]) < 0.04 and abs(box[1] - d.box[1]) < 0.04 for d in named)
+                checked += 1
+    assert checked >= 10
+
+
+def test_image_judgements_use_generated_images_and_their_oracle_labels():
+    prompt = "a photo of two red circles"
+    scene = sample_scene(parse_prompt("a photo of a red circle"), seed=4)
+    image = render(scene)
+    item = Generated(image, prompt, oracle.analyse(image))
+    ds = ConversationSet(30, seed=0, generated=[item], generated_share=1.0, mix={"image_pointwise": 1.0})
+    for i in range(5):
+        e = ds[i]
+        assert e.images[0] is image
+        assert e.messages[-1]["content"][0]["text"].startswith(
+            "Final Score: 0\nIt should show exactly two red circles"
+        )
+
+
+def test_formats_and_scores():
+    assert format_box((0.1, 0.2, 0.355, 0.45)) == "[10, 20, 36, 45]"
+    assert parse_boxes("[10, 20, 36, 45], [50,50,60,60] [5, 5, 1, 9]") == [
+        (0.1, 0.2, 0.36, 0.45),
+        (0.5, 0.5, 0.6, 0.6),
+    ]
+    assert grounding_answer([]) == "None"
+    assert (
+        grounding_answer([(0.5, 0.1, 0.6, 0.2), (0.1, 0.1, 0.2, 0.2)]) == "[10, 10, 20, 20], [50, 10, 60, 20]"
+    )
+    scene = sample_scene(parse_prompt("a red circle and a blue square"), seed=0)
+    results = evaluate(scene.objects, parse_prompt("a red circle and two blue squares"))
+    assert score_of(results) == 50
+    assert reasons_of(results) == "It should show exactly two blue squares, but found 1 blue square."
+    assert reasons_of(results[:1]) == "It shows everything the prompt asks for."
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="unknown tasks"):
+        ConversationSet(3, mix={"juggling": 1.0})
+    with pytest.raises(IndexError):
+        ConversationSet(3)[3]
+    assert abs(sum(MIX.values()) - 1.0) < 1e-9
