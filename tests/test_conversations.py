@@ -11,7 +11,7 @@ from selfcorrect.world.conversations import (
     MIX,
     TASKS,
     ConversationSet,
-    Generated,
+    LabelledImage,
     format_box,
     grounding_answer,
     parse_boxes,
@@ -129,7 +129,7 @@ def test_image_judgements_use_generated_images_and_their_oracle_labels():
     prompt = "a photo of two red circles"
     scene = sample_scene(parse_prompt("a photo of a red circle"), seed=4)
     image = render(scene)
-    item = Generated(image, prompt, oracle.analyse(image))
+    item = LabelledImage(image, prompt, oracle.analyse(image))
     ds = ConversationSet(30, seed=0, generated=[item], generated_share=1.0, mix={"image_pointwise": 1.0})
     for i in range(5):
         e = ds[i]

@@ -3,7 +3,7 @@
 :class:`ConversationSet` is a seeded, map-style data set (item ``i`` is a pure function of
 ``(seed, i)``) of :class:`Example` conversations in transformers' chat format. The labels come
 from the scene spec (rendered images), from the degradation's ground truth (degraded renders), or
-from the oracle (images made by the world text-to-image model, passed in as :class:`Generated`),
+from the oracle (images made by the world text-to-image model, passed in as :class:`LabelledImage`),
 never from a model. The prompts are the critics' own (:mod:`selfcorrect.critics.prompts`), so the
 embedded VLM learns exactly the formats the critics send.
 
@@ -95,7 +95,7 @@ class Example:
 
 
 @dataclass
-class Generated:
+class LabelledImage:
     """An image made by a text-to-image model, labelled by the oracle.
 
     Attributes:
@@ -182,7 +182,7 @@ class ConversationSet:
         self,
         size: int,
         seed: int = 0,
-        generated: list[Generated] | None = None,
+        generated: list[LabelledImage] | None = None,
         *,
         mix: dict[str, float] | None = None,
         generated_share: float = 0.3,
