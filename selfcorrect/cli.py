@@ -99,6 +99,43 @@ def make_eval_parser(commands) -> None:
     _add_pipeline_args(p)
     p.set_defaults(func=cmd_eval_t2i)
 
+    p = sub.add_parser(
+        "vlm", help="VQA, grounding, CLIP hard negatives and score-vs-chat speed of the world VLM"
+    )
+    p.add_argument(
+        "--split", default="test", help="train, val or test: scene seed and prompt suite (default: test)"
+    )
+    p.add_argument("--limit", type=int, default=200, help="scenes per image source (default: 200)")
+    p.add_argument(
+        "--generated",
+        type=int,
+        default=64,
+        help="images of the world text-to-image model to label with the oracle and ask about "
+        "(default: 64; 0: none)",
+    )
+    p.add_argument("--model", default="world", help="world (default), a model folder or a Hugging Face id")
+    p.add_argument(
+        "--clip",
+        type=Path,
+        default=None,
+        help="open_clip model folder (default: the world CLIP, skipped if absent)",
+    )
+    p.add_argument(
+        "--t2i-source",
+        default=None,
+        help="text-to-image weights for --generated (default: the world preset's)",
+    )
+    p.add_argument(
+        "--throughput",
+        type=int,
+        default=32,
+        help="renders whose yes/no questions are timed (default: 32; 0: none)",
+    )
+    p.add_argument("--batch-size", type=int, default=16, help="prompts per VLM batch (default: 16)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
+    p.add_argument("--json", type=Path, default=None, help="write results here (+ a .md table beside it)")
+    p.set_defaults(func=cmd_eval_vlm)
+
 
 def _load(args):
     """Validate the common pipeline arguments, then load the pipeline (the slow part)."""
@@ -204,6 +241,87 @@ def cmd_eval_t2i(args) -> int:
     if args.json is not None:
         write_json(args.json, result)
         write_text(args.json.with_suffix(".md"), f"# World GenEval: {loaded.preset}\n\n{table}\n")
+        print(f"wrote {args.json} and {args.json.with_suffix('.md')}")
+    return 0
+
+
+def cmd_eval_vlm(args) -> int:
+    from selfcorrect.io import write_json, write_text
+    from selfcorrect.vision.clip import load_world_clip
+    from selfcorrect.vision.vlm import VLM, ModelNotFoundError
+    from selfcorrect.world.conversations import SPLIT_SEEDS
+    from selfcorrect.world.vlm_eval import evaluate_vlm, markdown_table
+
+    if args.split not in SPLIT_SEEDS:
+        raise SelfcorrectError(f"unknown split {args.split!r}; splits are {', '.join(SPLIT_SEEDS)}")
+    for name in ("limit", "batch_size"):
+        if getattr(args, name) < 1:
+            raise SelfcorrectError(
+                f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}"
+            )
+    for name in ("generated", "throughput"):
+        if getattr(args, name) < 0:
+            raise SelfcorrectError(f"--{name} must be at least 0, got {getattr(args, name)}")
+    # Load everything before the long loops, so a missing model fails in seconds.
+    vlm = VLM.from_pretrained(args.model, device=args.device)
+    clip, clip_note = None, None
+    try:
+        clip = load_world_clip(args.clip, device=args.device)
+    except ModelNotFoundError as e:
+        if args.clip is not None:  # asked for explicitly: an error, not a skip
+            raise
+        clip_note = str(e)
+        print(f"selfcorrect: skipping CLIP: {clip_note}", file=sys.stderr)
+    generate_fn, t2i = None, None
+    if args.generated:
+        from selfcorrect.diffusion.generate import generate
+        from selfcorrect.diffusion.presets import load_pipeline
+
+        loaded = load_pipeline("world", args.t2i_source, device=args.device)
+        d = loaded.defaults
+        t2i = _pipeline_record(loaded, d.num_inference_steps, d.guidance_scale, d.resolution)
+
+        def generate_fn(prompts, seeds):
+            out = generate(
+                loaded.pipeline,
+                prompts,
+                seeds,
+                steps=d.num_inference_steps,
+                guidance=d.guidance_scale,
+                size=d.resolution,
+                batch_size=32,
+            )
+            return [g.image for g in out]
+
+    result = evaluate_vlm(
+        vlm,
+        split=args.split,
+        limit=args.limit,
+        generate_fn=generate_fn,
+        generated=args.generated,
+        clip=clip,
+        clip_note=clip_note,
+        throughput_images=args.throughput,
+        batch_size=args.batch_size,
+    )
+    result["model"] = {
+        "vlm": args.model,
+        "device": str(vlm.device),
+        "dtype": str(vlm.dtype).removeprefix("torch."),
+        "clip": None if clip is None else str(args.clip or "world"),
+        "t2i": t2i,
+    }
+    result["command"] = args.command_line
+    table = markdown_table(result)
+    print(table)
+    if args.json is not None:
+        md = (
+            f"# World VLM: {args.model} ({args.split} split)\n\n`{args.command_line}`\n\n"
+            f"{result['machine']['platform']}, {result['model']['device']}, {result['date']}, "
+            f"{result['seconds']} s\n\n{table}"
+        )
+        write_json(args.json, result)
+        write_text(args.json.with_suffix(".md"), md)
         print(f"wrote {args.json} and {args.json.with_suffix('.md')}")
     return 0
 
