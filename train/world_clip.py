@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from selfcorrect.errors import SelfcorrectError
-from selfcorrect.train.world_t2i import CANVAS, CAPTION_STYLES, resume, save_checkpoint
+from selfcorrect.train.world_t2i import CANVAS, captioned_scene, resume, save_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -261,23 +261,16 @@ class ClipBatches:
         return self.length
 
     def example(self, rng: random.Random):
-        """One ``(scene, caption)``; no held-out combination in either."""
-        from selfcorrect.world.grammar import caption
-        from selfcorrect.world.sampling import random_scene, sample_scene
-        from selfcorrect.world.suites import is_heldout_combo
-
+        """One ``(scene, caption)``; no held-out combination in either (see :func:`captioned_scene`)."""
         c = self.config
         texture = rng.uniform(0.0, c.texture_max) if rng.random() < 0.5 else 0.0
-        while True:
-            if rng.random() < c.prompt_share:
-                item = rng.choice(rng.choice(self.prompts))
-                scene = sample_scene(item.requirements, rng.randrange(2**31), texture=texture)
-                text = item.prompt
-            else:
-                scene = random_scene(rng.randrange(2**31), max_objects=c.max_objects, texture=texture)
-                text = caption(scene, style=rng.choice(CAPTION_STYLES), rng=rng)
-            if not any(is_heldout_combo(o.colour, o.shape) for o in scene.objects):
-                return scene, text
+        return captioned_scene(
+            rng,
+            lambda r: r.choice(r.choice(self.prompts)),
+            prompt_share=c.prompt_share,
+            max_objects=c.max_objects,
+            texture=texture,
+        )
 
     def __getitem__(self, index: int) -> dict:
         import torch

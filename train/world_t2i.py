@@ -237,6 +237,32 @@ def build_scheduler(prediction_type: str):
 # Data
 
 
+def captioned_scene(
+    rng: random.Random, pick_prompt, *, prompt_share: float = 0.5, max_objects: int = 4, texture: float = 0.0
+):
+    """One training ``(scene, caption)`` with no held-out colour-shape combination in either.
+
+    With probability ``prompt_share`` a scene sampled for a train-suite prompt (``pick_prompt(rng)``
+    chooses the :class:`~selfcorrect.world.suites.SuitePrompt`), else a random scene of 1 to
+    ``max_objects`` objects captioned in a random style; redrawn until no object is of a held-out
+    combination.
+    """
+    from selfcorrect.world.grammar import caption
+    from selfcorrect.world.sampling import random_scene, sample_scene
+    from selfcorrect.world.suites import is_heldout_combo
+
+    while True:
+        if rng.random() < prompt_share:
+            item = pick_prompt(rng)
+            scene = sample_scene(item.requirements, rng.randrange(2**31), texture=texture)
+            text = item.prompt
+        else:
+            scene = random_scene(rng.randrange(2**31), max_objects=max_objects, texture=texture)
+            text = caption(scene, style=rng.choice(CAPTION_STYLES), rng=rng)
+        if not any(is_heldout_combo(o.colour, o.shape) for o in scene.objects):
+            return scene, text
+
+
 class CaptionedScenes:
     """Map-style dataset of (image tensor, caption) pairs, deterministic per (seed, index).
 
@@ -259,23 +285,13 @@ class CaptionedScenes:
         import numpy as np
         import torch
 
-        from selfcorrect.world.grammar import caption
         from selfcorrect.world.render import render
-        from selfcorrect.world.sampling import random_scene, sample_scene
-        from selfcorrect.world.suites import is_heldout_combo
 
         rng = random.Random(self.seed * 1_000_003 + index)
         texture = rng.uniform(0.0, self.texture_max) if rng.random() < 0.5 else 0.0
-        while True:
-            if rng.random() < 0.5:
-                item = self.prompts[rng.randrange(len(self.prompts))]
-                scene = sample_scene(item.requirements, rng.randrange(2**31), texture=texture)
-                text = item.prompt
-            else:
-                scene = random_scene(rng.randrange(2**31), max_objects=4, texture=texture)
-                text = caption(scene, style=rng.choice(CAPTION_STYLES), rng=rng)
-            if not any(is_heldout_combo(o.colour, o.shape) for o in scene.objects):
-                break
+        scene, text = captioned_scene(
+            rng, lambda r: self.prompts[r.randrange(len(self.prompts))], max_objects=4, texture=texture
+        )
         pixels = np.asarray(render(scene, CANVAS), dtype=np.float32) / 127.5 - 1.0  # (H, W, 3) in [-1, 1]
         return torch.from_numpy(pixels).permute(2, 0, 1), text
 
