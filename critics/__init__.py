@@ -1,1 +1,71 @@
-"""Verdict types, one file per critic, and a plain dict registry (see DESIGN.md)."""
+"""Critics: verdict types, one file per critic, and a plain dict registry (see DESIGN.md).
+
+=============== ===================================== ========================================
+name            class                                 needs
+=============== ===================================== ========================================
+``llava_critic`` :class:`~.llava_critic.LlavaCritic`   a VLM (default: the world VLM)
+``vqa``          :class:`~.vqa.VQACritic`              a VLM (default: the world VLM)
+``clip``         :class:`~.clip.ClipCritic`            an open_clip model (default: the world CLIP)
+=============== ===================================== ========================================
+
+:data:`CRITICS` maps the CLI's names to builder functions that take keyword arguments; each loads
+the world's model when none is given, only when called (importing this package loads nothing)::
+
+    critic = CRITICS["vqa"]()                                  # the world VLM
+    critic = CRITICS["llava_critic"](vlm="llava-hf/llava-onevision-qwen2-7b-ov-hf", device="cuda")
+    critic = CRITICS["clip"](clip=(model, preprocess, tokenizer), threshold=0.3)
+"""
+
+from __future__ import annotations
+
+from selfcorrect.critics.base import KINDS, AnswerCritic, ImageCritic, PairwiseCritic
+from selfcorrect.critics.verdicts import Finding, ImageVerdict, PairwiseVerdict, StepVerdict, TokenVerdict
+
+
+def _vlm(vlm, device: str):
+    """A VLM object as given, or loaded from a name / folder (default: the world VLM)."""
+    if vlm is None or isinstance(vlm, str) or hasattr(vlm, "__fspath__"):
+        from selfcorrect.vision.vlm import VLM, WORLD
+
+        return VLM.from_pretrained(WORLD if vlm is None else vlm, device=device)
+    return vlm
+
+
+def build_llava_critic(*, vlm=None, device: str = "cpu", **options):
+    """:class:`~selfcorrect.critics.llava_critic.LlavaCritic`; ``vlm`` a VLM, a model id / folder,
+    or None for the world VLM; other options go to the class (``mode=``, ``threshold=``, ...)."""
+    from selfcorrect.critics.llava_critic import LlavaCritic
+
+    return LlavaCritic(_vlm(vlm, device), **options)
+
+
+def build_vqa_critic(*, vlm=None, device: str = "cpu", **options):
+    """:class:`~selfcorrect.critics.vqa.VQACritic`; ``vlm`` as for :func:`build_llava_critic`."""
+    from selfcorrect.critics.vqa import VQACritic
+
+    return VQACritic(_vlm(vlm, device), **options)
+
+
+def build_clip_critic(*, clip=None, device: str = "cpu", **options):
+    """:class:`~selfcorrect.critics.clip.ClipCritic`; ``clip`` a ``(model, preprocess, tokenizer)``
+    triple, an open_clip folder, or None for the world CLIP."""
+    from selfcorrect.critics.clip import ClipCritic
+    from selfcorrect.vision.clip import load_world_clip
+
+    if clip is None or isinstance(clip, str) or hasattr(clip, "__fspath__"):
+        clip = load_world_clip(clip, device=device)
+    model, preprocess, tokenizer = clip
+    return ClipCritic(model, preprocess, tokenizer, **options)
+
+
+CRITICS = {
+    "llava_critic": build_llava_critic,
+    "vqa": build_vqa_critic,
+    "clip": build_clip_critic,
+}
+
+__all__ = [
+    "CRITICS", "KINDS", "AnswerCritic", "Finding", "ImageCritic", "ImageVerdict", "PairwiseCritic",
+    "PairwiseVerdict", "StepVerdict", "TokenVerdict",
+    "build_clip_critic", "build_llava_critic", "build_vqa_critic",
+]  # fmt: skip

@@ -1,0 +1,324 @@
+"""A DSG-style question critic: decompose the prompt into yes/no questions, ask the VLM each one.
+
+Davidsonian Scene Graph (Cho et al., ICLR 2024) turns a prompt into atomic yes/no questions with a
+dependency graph: a child question counts only if its parents were answered "yes". DSG uses an LLM
+to write the questions; here the prompt goes through the world grammar
+(:func:`selfcorrect.world.grammar.parse_prompt`), which gives the atoms exactly, and each atom is
+worded as a question:
+
+================ ======================================== ======================= ================
+atom             question                                 expected                 depends on
+================ ======================================== ======================= ================
+entity           ``Is there a circle?``                   Yes                      --
+attribute        ``Is there a small red circle?``         Yes                      entity
+count (exact)    ``Are there exactly two red circles?``   Yes                      attribute/entity
+count (at least) ``Are there at least two red circles?``  Yes                      attribute/entity
+absence          ``Is there a circle?`` (for "no circles") No                      --
+relation         ``Is the red circle left of the blue     Yes                      both groups'
+                 square?``                                                         existence
+================ ======================================== ======================= ================
+
+An attribute question is asked only when the group names a colour or size; a count question only
+for exact counts and "at least n" with n >= 2 (existence already covers "at least one").
+
+**Scoring.** P(yes) for every question comes from one batched
+:meth:`VLM.score <selfcorrect.vision.vlm.VLM.score>` call over the continuations ``Yes`` and
+``No`` (a softmax over the two, as VQAScore does), in which each image is encoded once. A
+question's answer score is P(expected answer); a question whose parent *failed* (answer score
+below 0.5) scores 0 instead (DSG's rule, applied transitively). The image score is the mean over
+all questions, and each requirement of the prompt gets a :class:`Finding` whose score is the
+lowest of its questions' scores and which passes when all of them are at least 0.5.
+
+**Outside the grammar.** A prompt the grammar rejects is scored with one VQAScore question
+(``Does this figure show "{text}"? ...``); the verdict says so (``details["fallback"]``).
+
+**Localisation** (``ground=True``): for every object group of a failed requirement the critic
+asks the VLM to find it (``Find every red circle. Answer with bounding boxes.``, boxes in percent
+of the image side) and puts the box enclosing the answers on the finding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from selfcorrect.critics import prompts as P
+from selfcorrect.critics.parsing import parse_boxes
+from selfcorrect.critics.verdicts import Box, Finding, ImageVerdict
+from selfcorrect.errors import PromptError
+from selfcorrect.world.grammar import parse_prompt
+from selfcorrect.world.requirements import CountRequirement, ObjectQuery, Requirements
+
+ANSWERS = (P.YES, P.NO)
+PASS = 0.5  # an answer score at or above this counts as the expected answer
+
+
+@dataclass(frozen=True)
+class Question:
+    """One yes/no question of a decomposition.
+
+    Attributes:
+        text: the question as asked (``"Is there a red circle?"``).
+        expect_yes: whether "Yes" is the answer that satisfies the prompt.
+        parents: indices of the questions it depends on (all earlier in the list).
+        requirement: index of the requirement it checks, in the order of
+            :meth:`Requirements.describe`.
+        kind: ``entity``, ``attribute``, ``count``, ``absence``, ``relation`` or ``vqascore``.
+        groups: the object groups (indices into ``Requirements.objects``) it is about.
+    """
+
+    text: str
+    expect_yes: bool
+    parents: tuple[int, ...]
+    requirement: int
+    kind: str
+    groups: tuple[int, ...] = ()
+
+
+@dataclass
+class Decomposition:
+    """The questions for one prompt and the requirements they check.
+
+    Attributes:
+        questions: in dependency order (parents first).
+        requirements: one description per requirement (findings come in this order).
+        queries: the object group each index in ``Question.groups`` refers to.
+        fallback: why the prompt could not be decomposed ("" when it was).
+    """
+
+    questions: list[Question]
+    requirements: list[str]
+    queries: list[ObjectQuery] = field(default_factory=list)
+    fallback: str = ""
+
+
+def decompose(prompt: str | Requirements) -> Decomposition:
+    """The DSG questions for a prompt (see the module docstring for the scheme).
+
+    Args:
+        prompt: a prompt in the world grammar, or its parsed :class:`Requirements`.
+
+    Returns:
+        A :class:`Decomposition`; a prompt the grammar rejects gives a single VQAScore question and
+        ``fallback`` set to the grammar's error message.
+    """
+    if isinstance(prompt, Requirements):
+        requirements = prompt
+    else:
+        try:
+            requirements = parse_prompt(prompt)
+        except PromptError as e:
+            question = Question(P.VQASCORE.format(text=prompt), True, (), 0, "vqascore")
+            return Decomposition([question], [prompt], fallback=str(e))
+    questions: list[Question] = []
+    exists: dict[int, int] = {}  # object group -> the question that establishes it is there
+
+    def add(question: Question) -> int:
+        questions.append(question)
+        return len(questions) - 1
+
+    for g, req in enumerate(requirements.objects):
+        query = req.query
+        if req.count == 0:
+            add(Question(_is_there(query), False, (), g, "absence", (g,)))
+            continue
+        top = add(Question(_is_there(ObjectQuery(query.shape)), True, (), g, "entity", (g,)))
+        if query.colour is not None or query.size is not None:
+            top = add(Question(_is_there(query), True, (top,), g, "attribute", (g,)))
+        exists[g] = top
+        if req.exact or req.count > 1:
+            add(Question(_count_question(req), True, (top,), g, "count", (g,)))
+    n_groups = len(requirements.objects)
+    for r, rel in enumerate(requirements.relations):
+        subject, reference = requirements.objects[rel.subject], requirements.objects[rel.reference]
+        verb = "Are" if subject.count > 1 else "Is"
+        text = (
+            f"{verb} the {subject.query.phrase(subject.count > 1)} {rel.relation} "
+            f"the {reference.query.phrase(reference.count > 1)}?"
+        )
+        parents = (exists[rel.subject], exists[rel.reference])
+        add(Question(text, True, parents, n_groups + r, "relation", (rel.subject, rel.reference)))
+    return Decomposition(questions, requirements.describe(), [r.query for r in requirements.objects])
+
+
+def answer_scores(decomposition: Decomposition, p_yes: Sequence[float]) -> list[float]:
+    """Each question's score after DSG's dependency rule.
+
+    Args:
+        decomposition: the questions.
+        p_yes: P(yes) per question.
+
+    Returns:
+        Per question: P(expected answer), or 0 when any parent's score is below 0.5 (a parent that
+        was itself zeroed counts as failed, so the rule applies down the whole graph).
+    """
+    if len(p_yes) != len(decomposition.questions):
+        raise ValueError("one P(yes) per question")
+    scores: list[float] = []
+    for q, p in zip(decomposition.questions, p_yes):
+        if any(scores[i] < PASS for i in q.parents):
+            scores.append(0.0)
+        else:
+            scores.append(float(p) if q.expect_yes else 1.0 - float(p))
+    return scores
+
+
+def vqascore(vlm, images: Sequence, texts: Sequence[str], *, batch_size: int = 8) -> torch.Tensor:
+    """VQAScore (Lin et al. 2024): P("Yes") to ``Does this figure show "{text}"? ...`` per pair.
+
+    Args:
+        vlm: a :class:`selfcorrect.vision.vlm.VLM`.
+        images: B images (repeat an image to score it against several texts; it is encoded once).
+        texts: B texts.
+
+    Returns:
+        ``(B,)`` float32: the softmax of the ``Yes`` / ``No`` log-probabilities, taken at ``Yes``.
+    """
+    if len(images) != len(texts):
+        raise ValueError(f"got {len(images)} images for {len(texts)} texts; pass one text per image")
+    prompts = [P.VQASCORE.format(text=t) for t in texts]
+    logp = vlm.score(list(images), prompts, list(ANSWERS), batch_size=batch_size)  # (B, 2)
+    return torch.softmax(logp.float(), dim=-1)[:, 0]
+
+
+class VQACritic:
+    """Decompose the prompt into yes/no questions (DSG), ask a VLM each one, score the answers.
+
+    Args:
+        vlm: a :class:`selfcorrect.vision.vlm.VLM`, or anything with its ``score`` (and, for
+            ``ground=True``, ``chat``) methods.
+        threshold: the image passes when its score (the mean question score) is at least this;
+            0.9 asks for nearly every question to be answered as expected, confidently.
+        ground: ask the VLM for the boxes of the objects of failed requirements.
+        batch_size: prompts per forward pass.
+    """
+
+    kinds = frozenset({"image"})
+    name = "vqa"
+
+    def __init__(self, vlm, *, threshold: float = 0.9, ground: bool = False, batch_size: int = 8):
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        self.vlm = vlm
+        self.threshold = threshold
+        self.ground = ground
+        self.batch_size = batch_size
+
+    def __repr__(self) -> str:
+        return f"VQACritic({self.vlm!r})"
+
+    def critique(self, image, prompt: str) -> ImageVerdict:
+        """How well ``image`` matches ``prompt``, with one finding per requirement."""
+        return self.critique_many([image], [prompt])[0]
+
+    def critique_many(self, images: Sequence, prompts: Sequence[str]) -> list[ImageVerdict]:
+        """:meth:`critique` for B (image, prompt) pairs: all questions in one batched call."""
+        if len(images) != len(prompts) or not prompts:
+            raise ValueError(f"give one prompt per image; got {len(images)} images, {len(prompts)} prompts")
+        decompositions = [decompose(p) for p in prompts]
+        flat_images = [im for im, d in zip(images, decompositions) for _ in d.questions]
+        flat_questions = [q.text for d in decompositions for q in d.questions]
+        logp = self.vlm.score(flat_images, flat_questions, list(ANSWERS), batch_size=self.batch_size)
+        p_yes = torch.softmax(logp.float(), dim=-1)[:, 0].tolist()
+        verdicts, start = [], 0
+        for d in decompositions:
+            n = len(d.questions)
+            verdicts.append(self._verdict(d, p_yes[start : start + n]))
+            start += n
+        if self.ground:
+            self._localise(list(images), decompositions, verdicts)
+        return verdicts
+
+    def _verdict(self, d: Decomposition, p_yes: list[float]) -> ImageVerdict:
+        scores = answer_scores(d, p_yes)
+        findings = []
+        for r, description in enumerate(d.requirements):
+            mine = [i for i, q in enumerate(d.questions) if q.requirement == r]
+            lines = [
+                f"{d.questions[i].text} P(yes)={p_yes[i]:.2f}, expected "
+                f"{P.YES if d.questions[i].expect_yes else P.NO}"
+                + (" (a question it depends on failed)" if _zeroed(d, scores, i) else "")
+                for i in mine
+            ]
+            score = min(scores[i] for i in mine)
+            findings.append(Finding(description, score >= PASS, score, None, "; ".join(lines)))
+        score = sum(scores) / len(scores)
+        failed = [f.requirement for f in findings if not f.passed]
+        explanation = ("fails: " + ", ".join(failed)) if failed else "every requirement holds"
+        details = {
+            "questions": [
+                {
+                    "question": q.text,
+                    "kind": q.kind,
+                    "expected": P.YES if q.expect_yes else P.NO,
+                    "parents": list(q.parents),
+                    "p_yes": p,
+                    "score": s,
+                }
+                for q, p, s in zip(d.questions, p_yes, scores)
+            ]
+        }
+        if d.fallback:
+            details["fallback"] = "vqascore"
+            details["reason"] = d.fallback
+            explanation = (
+                f"the prompt is outside the world grammar ({d.fallback}); scored with one VQAScore "
+                f"question instead: {explanation}"
+            )
+        return ImageVerdict(
+            score=min(max(score, 0.0), 1.0),
+            passed=score >= self.threshold,
+            findings=findings,
+            explanation=explanation,
+            critic=self.name,
+            details=details,
+        )
+
+    def _localise(
+        self, images: list, decompositions: list[Decomposition], verdicts: list[ImageVerdict]
+    ) -> None:
+        """Ask for the boxes of the object groups of failed findings; one batched chat call."""
+        asks: list[tuple[int, int, int]] = []  # (item, finding, group)
+        for n, (d, verdict) in enumerate(zip(decompositions, verdicts)):
+            for r, finding in enumerate(verdict.findings):
+                if finding.passed or d.fallback:
+                    continue
+                groups = {g for q in d.questions if q.requirement == r for g in q.groups}
+                asks += [(n, r, g) for g in sorted(groups)]
+        if not asks:
+            return
+        prompts = [P.GROUND.format(phrase=decompositions[n].queries[g].phrase()) for n, _, g in asks]
+        texts = self.vlm.chat([images[n] for n, _, _ in asks], prompts, batch_size=self.batch_size)
+        boxes: dict[tuple[int, int], list[Box]] = {}
+        for (n, r, _), text in zip(asks, texts):
+            boxes.setdefault((n, r), []).extend(parse_boxes(text))
+        for (n, r), found in boxes.items():
+            if found:
+                verdicts[n].findings[r].box = (
+                    min(b[0] for b in found),
+                    min(b[1] for b in found),
+                    max(b[2] for b in found),
+                    max(b[3] for b in found),
+                )
+
+
+def _zeroed(d: Decomposition, scores: list[float], i: int) -> bool:
+    return any(scores[j] < PASS for j in d.questions[i].parents)
+
+
+def _article(phrase: str) -> str:
+    return ("an " if phrase[:1] in "aeiou" else "a ") + phrase
+
+
+def _is_there(query: ObjectQuery) -> str:
+    return f"Is there {_article(query.phrase())}?"
+
+
+def _count_question(req: CountRequirement) -> str:
+    words = ("zero", "one", "two", "three", "four")
+    amount = "exactly" if req.exact else "at least"
+    if req.count == 1:
+        return f"Is there {amount} one {req.query.phrase()}?"
+    return f"Are there {amount} {words[req.count]} {req.query.phrase(plural=True)}?"
