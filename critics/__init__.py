@@ -6,6 +6,8 @@ name            class                                 needs
 ``llava_critic`` :class:`~.llava_critic.LlavaCritic`   a VLM (default: the world VLM)
 ``vqa``          :class:`~.vqa.VQACritic`              a VLM (default: the world VLM)
 ``clip``         :class:`~.clip.ClipCritic`            an open_clip model (default: the world CLIP)
+``lookback``     :class:`~.lookback.LookBackCritic`    a VLM (default: the world VLM); reasoning
+                                                      chains (kind ``steps``), VISCO's LookBack
 =============== ===================================== ========================================
 
 :data:`CRITICS` maps the CLI's names to builder functions that take keyword arguments; each loads
@@ -18,7 +20,7 @@ the world's model when none is given, only when called (importing this package l
 
 from __future__ import annotations
 
-from selfcorrect.critics.base import KINDS, AnswerCritic, ImageCritic, PairwiseCritic
+from selfcorrect.critics.base import KINDS, AnswerCritic, ImageCritic, PairwiseCritic, StepCritic
 from selfcorrect.critics.verdicts import Finding, ImageVerdict, PairwiseVerdict, StepVerdict, TokenVerdict
 
 
@@ -58,14 +60,23 @@ def build_clip_critic(*, clip=None, device: str = "cpu", **options):
     return ClipCritic(model, preprocess, tokenizer, **options)
 
 
+def build_lookback_critic(*, vlm=None, device: str = "cpu", **options):
+    """:class:`~selfcorrect.critics.lookback.LookBackCritic`; ``vlm`` as for :func:`build_llava_critic`;
+    other options go to the class (``max_new_tokens=``, ``with_reference=``, ...)."""
+    from selfcorrect.critics.lookback import LookBackCritic
+
+    return LookBackCritic(_vlm(vlm, device), **options)
+
+
 CRITICS = {
     "llava_critic": build_llava_critic,
     "vqa": build_vqa_critic,
     "clip": build_clip_critic,
+    "lookback": build_lookback_critic,
 }
 
 __all__ = [
     "CRITICS", "KINDS", "AnswerCritic", "Finding", "ImageCritic", "ImageVerdict", "PairwiseCritic",
-    "PairwiseVerdict", "StepVerdict", "TokenVerdict",
-    "build_clip_critic", "build_llava_critic", "build_vqa_critic",
+    "PairwiseVerdict", "StepCritic", "StepVerdict", "TokenVerdict",
+    "build_clip_critic", "build_llava_critic", "build_lookback_critic", "build_vqa_critic",
 ]  # fmt: skip

@@ -84,6 +84,20 @@ CRITIQUE = (
 )
 EVIDENCE = "Visual information:\n{bullets}\n"  # "* question - answer" bullets, one per line
 NOT_APPLICABLE = "N/A"
+# LookBack's reference answer in the synthesis prompt (VISCO flags it as possibly wrong). It goes
+# in CRITIQUE's {evidence} slot after the bullets; the world VLM never saw it in training, so the
+# LookBack critic leaves it out unless asked (``with_reference=True``).
+REFERENCE = "Reference answer (it MAY OR MAY NOT be correct): {answer}\n"
+# VISCO's correction prompt (setting ASE: each step followed by its critique), in SOLVE's output
+# format. For general VLMs: the world VLM was not trained on it, so the LookBack critic falls back
+# to a fresh SOLVE when the reply has no "Answer:" line.
+CORRECTION = (
+    "{question}\nBelow is a step-by-step answer to this question, with a critique of {critiqued}. "
+    "The critique may or may not be correct.\n{reasoning}\nTaking the critique into account, think "
+    'step by step and answer the question again. Write each step as "Step i: ..." on its own line '
+    'and end with "Answer: ...".'
+)
+CRITIQUE_LINE = "  - Critique: {label}"  # after each step and the answer in CORRECTION
 
 # TLDR's self-correction: flagged words are hints, not verdicts.
 FIX_CAPTION = (

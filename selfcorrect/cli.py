@@ -2,7 +2,8 @@
 
 Every command is a ``make_*`` parser builder plus a ``cmd_*`` function taking the parsed
 arguments; heavy modules are imported inside the ``cmd_*`` functions so ``--help`` stays fast.
-Exit codes: 0 success, 1 a check that ran and failed (``world check``), 2 bad input.
+Exit codes: 0 success, 1 a check that ran and failed (``world check``, ``critique``), 2 bad
+input, 3 a critic whose verdict could not be read (``critique``).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"selfcorrect {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     make_generate_parser(commands)
+    make_critique_parser(commands)
     make_eval_parser(commands)
     make_world_parser(commands)
     return parser
@@ -324,6 +326,192 @@ def cmd_eval_vlm(args) -> int:
         write_text(args.json.with_suffix(".md"), md)
         print(f"wrote {args.json} and {args.json.with_suffix('.md')}")
     return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# selfcorrect critique
+
+CRITIQUE_EPILOG = """\
+exit codes:
+  0  the verdict passes (or has a score but the critic has no threshold)
+  1  the verdict fails
+  2  bad input: missing or corrupt image, empty text, unknown critic, missing model weights
+  3  the critic's output could not be read (unparsed)
+
+examples:
+  selfcorrect critique image.png --prompt "two red circles and a blue square"
+  selfcorrect critique image.png --prompt "a red circle" --critic llava_critic --json
+  selfcorrect critique image.png --question "How many red circles are there?" \\
+      --answer $'Step 1: There is a red circle at [10, 10, 30, 30].\\nAnswer: 1'
+"""
+
+
+def make_critique_parser(commands) -> None:
+    p = commands.add_parser(
+        "critique",
+        help="judge an image against a prompt, or a (step-by-step) answer about an image, with a critic",
+        description="Judge an image against its text prompt (--prompt), or an answer to a question "
+        "about the image (--question, --answer; the answer may be 'Step i: ...' lines and an "
+        "'Answer: ...' line) with one of the critics.",
+        epilog=CRITIQUE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("image", type=Path, help="image file")
+    p.add_argument("--prompt", default=None, help="the text prompt the image should show")
+    p.add_argument("--question", default=None, help="a question about the image (needs --answer)")
+    p.add_argument(
+        "--answer",
+        default=None,
+        help="the answer to judge; 'Step i: ...' lines make a reasoning chain, any other text is a "
+        "one-step chain",
+    )
+    p.add_argument(
+        "--critic",
+        default=None,
+        help="critic name (default: vqa for --prompt, lookback for --question); see "
+        "selfcorrect.critics.CRITICS",
+    )
+    p.add_argument("--vlm", default=None, help="world (default), a model folder or a Hugging Face id")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="longest text a generating critic writes (default: the critic's)",
+    )
+    p.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    p.set_defaults(func=cmd_critique)
+
+
+def cmd_critique(args) -> int:
+    import inspect
+
+    from selfcorrect.critics import CRITICS
+    from selfcorrect.vision.images import load_image
+
+    # 1. Check everything cheap before loading a model.
+    if args.prompt is not None and args.question is not None:
+        raise SelfcorrectError("give either --prompt (judge an image) or --question with --answer, not both")
+    if args.answer is not None and args.question is None:
+        raise SelfcorrectError("--answer needs --question")
+    if args.question is not None and args.answer is None:
+        raise SelfcorrectError("--question needs --answer (the answer to judge)")
+    if args.prompt is None and args.question is None:
+        raise SelfcorrectError("give --prompt (judge an image) or --question with --answer")
+    for flag in ("prompt", "question", "answer"):
+        value = getattr(args, flag)
+        if value is not None and not value.strip():
+            raise SelfcorrectError(f"--{flag} is empty")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise SelfcorrectError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    name = args.critic or ("vqa" if args.prompt is not None else "lookback")
+    if name not in CRITICS:
+        raise SelfcorrectError(f"unknown critic {name!r}; critics are {', '.join(CRITICS)}")
+    chain = None
+    if args.question is not None:
+        from selfcorrect.critics.lookback import as_chain
+
+        try:
+            chain = as_chain(args.answer)
+        except ValueError as e:
+            raise SelfcorrectError(f"--answer: {e}") from None
+    image = load_image(args.image)
+
+    # 2. Build the critic (loads its model; a missing one is a ModelNotFoundError).
+    build = CRITICS[name]
+    params = inspect.signature(build).parameters
+    options = {"device": args.device}
+    if "vlm" in params:
+        options["vlm"] = args.vlm
+    elif args.vlm is not None:
+        raise SelfcorrectError(f"critic {name!r} does not use a VLM; leave out --vlm")
+    if args.max_new_tokens is not None:
+        options["max_new_tokens"] = args.max_new_tokens
+    try:
+        critic = build(**options)
+    except TypeError:
+        if args.max_new_tokens is None:
+            raise
+        raise SelfcorrectError(
+            f"critic {name!r} does not generate text; leave out --max-new-tokens"
+        ) from None
+
+    # 3. Judge.
+    kinds = critic.kinds
+    record = {"image": str(args.image), "critic": name}
+    trace = None
+    if args.prompt is not None:
+        if "image" not in kinds:
+            raise SelfcorrectError(
+                f"critic {name!r} does not judge images against prompts (it judges: "
+                f"{', '.join(sorted(kinds))}); use --question and --answer, or another --critic"
+            )
+        verdict = critic.critique(image, args.prompt)
+        record["prompt"] = args.prompt
+    else:
+        steps, answer = chain
+        record.update(question=args.question, steps=steps, answer=answer)
+        if "steps" in kinds:
+            if callable(getattr(critic, "lookback", None)):
+                trace = critic.lookback(image, args.question, steps, answer)
+                verdict = trace.verdict
+            else:
+                verdict = critic.critique_steps(image, args.question, steps, answer)
+        elif "answer" in kinds:
+            verdict = critic.critique_answer(image, args.question, args.answer)
+        else:
+            raise SelfcorrectError(
+                f"critic {name!r} does not judge answers to questions; use --prompt, or --critic lookback"
+            )
+    passed, unparsed = _verdict_outcome(verdict)
+    code = 3 if unparsed else 0 if passed is not False else 1
+    if args.json:
+        record["verdict"] = verdict.to_dict()
+        if trace is not None:
+            record["lookback"] = {k: v for k, v in trace.to_dict().items() if k != "verdict"}
+        record["outcome"] = "unparsed" if unparsed else {True: "pass", False: "fail", None: "scored"}[passed]
+        print(json.dumps(record, indent=2))
+    else:
+        print(_describe_verdict(record, verdict, passed, unparsed))
+    return code
+
+
+def _verdict_outcome(verdict) -> tuple[bool | None, bool]:
+    """``(passed, unparsed)`` for an image or step verdict."""
+    if verdict.unparsed:
+        return None, True
+    if hasattr(verdict, "answer_correct"):  # a step verdict: every step and the answer correct
+        return bool(verdict.answer_correct) and verdict.first_error is None, False
+    return verdict.passed, False
+
+
+def _describe_verdict(record: dict, verdict, passed, unparsed: bool) -> str:
+    head = "UNPARSED" if unparsed else "SCORED" if passed is None else "PASS" if passed else "FAIL"
+    about = record.get("prompt", record.get("question"))
+    lines = [f"{head}  {record['image']}: {about!r} (critic {record['critic']})"]
+    if unparsed:
+        raw = " ".join(str(verdict.raw).split())
+        lines.append("  no verdict could be read from the critic's output")
+        lines.append(f"  raw: {raw[:300]!r}" + (" ..." if len(raw) > 300 else ""))
+        return "\n".join(lines)
+    if hasattr(verdict, "answer_correct"):
+        for i, (text, ok, why) in enumerate(zip(record["steps"], verdict.steps, verdict.explanations)):
+            mark = "ok" if ok else "x " if ok is False else "? "
+            lines.append(f"  [{mark}] step {i + 1}: {text}")
+            if ok is False and why:
+                lines.append(f"         why: {why}")
+        lines.append(f"  [{'ok' if verdict.answer_correct else 'x '}] answer: {record['answer']}")
+        return "\n".join(lines)
+    score = "none" if verdict.score is None else f"{verdict.score:.2f}"
+    lines[0] += f"  score {score}"
+    for f in verdict.findings:
+        where = "" if f.box is None else "  at ({:.2f}, {:.2f}, {:.2f}, {:.2f})".format(*f.box)
+        lines.append(f"  [{'ok' if f.passed else 'x '}] {f.requirement}: {f.score:.2f}{where}")
+        if not f.passed and f.explanation:
+            lines.append(f"         {f.explanation}")
+    if verdict.explanation:
+        lines.append(f"  {verdict.explanation}")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,6 +27,9 @@ def test_every_command_has_help(capsys):
         ["world", "check"],
         ["world", "suite"],
         ["world", "selftest"],
+        ["eval", "t2i"],
+        ["eval", "vlm"],
+        ["critique"],
     ):
         with pytest.raises(SystemExit) as e:
             main([*argv, "--help"])
