@@ -85,3 +85,52 @@ def test_world_model_draws_single_objects_and_colours(category):
     )
     passed = [check(g.image, p.requirements).passed for g, p in zip(out, items)]
     assert sum(passed) / len(passed) >= QUALITY_BAR[category], passed
+
+
+# --- world CLIP and world VLM ------------------------------------------------------------------
+# Bars: the measured value on the same slice (in the comment) minus a margin for float
+# differences across torch builds and CPUs. Full numbers: benchmarks/results/.
+CLIP_SLICE, CLIP_BAR = 40, 0.55  # measured 0.675 (target 0.85 not met; see the model card)
+VLM_SCENES, VLM_BAR = 12, 0.4  # measured 0.50 (102 questions); see the model card: under-trained
+
+
+def test_plain_open_clip_loads_the_shipped_world_clip_and_it_beats_hard_negatives():
+    import open_clip
+
+    from selfcorrect.train.world_clip import evaluate_hard_negatives
+    from selfcorrect.vision.clip import WORLD_CLIP_DIR
+
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{WORLD_CLIP_DIR}")
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{WORLD_CLIP_DIR}")
+    with torch.no_grad():
+        result = evaluate_hard_negatives(model.eval(), preprocess, tokenizer, split="test", limit=CLIP_SLICE)
+    assert result["accuracy"] >= CLIP_BAR, result["by_kind"]
+
+
+def test_plain_transformers_loads_the_shipped_world_vlm():
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from selfcorrect.vision.vlm import WORLD_VLM_DIR
+    from selfcorrect.world.render import render
+    from selfcorrect.world.sampling import random_scene
+
+    model = AutoModelForImageTextToText.from_pretrained(WORLD_VLM_DIR, dtype=torch.float32)
+    processor = AutoProcessor.from_pretrained(WORLD_VLM_DIR)
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image."}]}
+    ]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = processor(images=[render(random_scene(0))], text=[text], return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=24, do_sample=False)
+    answer = processor.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert answer.strip()
+
+
+def test_world_vlm_answers_questions_about_new_scenes():
+    from selfcorrect.vision.vlm import VLM
+    from selfcorrect.world.vlm_eval import evaluate_vqa, rendered_samples
+
+    vlm = VLM.from_pretrained("world")
+    summary, records = evaluate_vqa(vlm, rendered_samples("test", VLM_SCENES), progress=False)
+    right = sum(r["right"] for r in records) / len(records)
+    assert right >= VLM_BAR, summary
