@@ -76,15 +76,44 @@ def _add_pipeline_args(p) -> None:
 
 
 def make_generate_parser(commands) -> None:
-    p = commands.add_parser("generate", help="generate an image for a prompt (and, later, correct it)")
-    p.add_argument("prompt", help='e.g. "two red circles and a blue square"')
-    p.add_argument(
-        "-o", "--output", required=True, type=Path, help="output directory (image.png + record.json)"
+    p = commands.add_parser(
+        "generate",
+        help="generate an image for a prompt and correct it: detect, critique, plan, edit, verify",
+        description="Generate an image for PROMPT and correct it in up to --rounds rounds (SLD-style: "
+        "the critic judges, the planner edits the latents, an edit that does not raise the critic's "
+        "score is rolled back). Writes image.png (the best image), rounds.png (a contact sheet) and "
+        "trace.json; before/after preference pairs go to OUTPUT/pairs.",
     )
+    p.add_argument("prompt", nargs="?", help='e.g. "two red circles and a blue square"')
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        type=Path,
+        help="output directory (image.png, rounds.png, trace.json)",
+    )
+    p.add_argument("--prompts", type=Path, default=None, help="a text file, one prompt per line (batch mode)")
     p.add_argument(
         "--seed", type=int, default=0, help="seed (default: 0); the same seed gives the same image on CPU"
     )
-    p.add_argument("--rounds", type=int, default=0, help="correction rounds (default: 0: generate only)")
+    p.add_argument("--seeds", type=int, default=1, help="batch mode: seeds per prompt (default: 1)")
+    p.add_argument("--rounds", type=int, default=3, help="correction rounds (default: 3; 0: generate only)")
+    p.add_argument("--input", type=Path, default=None, help="correct this image instead of generating one")
+    p.add_argument("--critic", default="vqa", help="vqa (default), llava_critic or clip")
+    p.add_argument(
+        "--detector", default="vlm", help="vlm (default: the VLM's grounding), owlv2 or an OWLv2 checkpoint"
+    )
+    p.add_argument("--vlm", default=None, help="VLM for the critic and detector (default: the world VLM)")
+    p.add_argument(
+        "--controller",
+        default=None,
+        help="a chat model (hub id or folder) that parses free-text prompts (default: the world grammar)",
+    )
+    p.add_argument(
+        "--strength", type=float, default=None, help="how much of the schedule an edit re-runs (default: 0.5)"
+    )
+    p.add_argument("--no-pairs", action="store_true", help="do not write preference pairs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar in batch mode")
     _add_pipeline_args(p)
     p.set_defaults(func=cmd_generate)
 
@@ -100,6 +129,23 @@ def make_eval_parser(commands) -> None:
     p.add_argument("--json", type=Path, default=None, help="write results here (+ a .md table beside it)")
     _add_pipeline_args(p)
     p.set_defaults(func=cmd_eval_t2i)
+
+    p = sub.add_parser(
+        "loop", help="oracle accuracy before and after the correction loop, per category, with its costs"
+    )
+    p.add_argument("--split", default="test", help="suite split (default: test)")
+    p.add_argument("--seeds", type=int, default=4, help="images per prompt (default: 4)")
+    p.add_argument("--limit", type=int, default=None, help="at most N prompts per category")
+    p.add_argument("--rounds", type=int, default=3, help="correction rounds (default: 3)")
+    p.add_argument("--critic", default="vqa", help="the critic driving the loop (default: vqa)")
+    p.add_argument("--detector", default="vlm", help="the loop's detector (default: vlm)")
+    p.add_argument("--vlm", default=None, help="VLM for the critic and detector (default: the world VLM)")
+    p.add_argument("--strength", type=float, default=None, help="edit strength (default: 0.5)")
+    p.add_argument(
+        "--json", type=Path, default=None, help="write results here (+ .md and a _before_after.png)"
+    )
+    _add_pipeline_args(p)
+    p.set_defaults(func=cmd_eval_loop)
 
     p = sub.add_parser(
         "vlm", help="VQA, grounding, CLIP hard negatives and score-vs-chat speed of the world VLM"
@@ -137,6 +183,58 @@ def make_eval_parser(commands) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
     p.add_argument("--json", type=Path, default=None, help="write results here (+ a .md table beside it)")
     p.set_defaults(func=cmd_eval_vlm)
+
+    p = sub.add_parser(
+        "critics",
+        help="meta-evaluation of the critics against the oracle: pass/fail, pairwise, LookBack step F1, speed",
+    )
+    p.add_argument(
+        "--split", default="test", help="train, val or test: prompt suite and scene seed (default: test)"
+    )
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=50,
+        help="prompts of the split; each gives two renders (passing, failing) and --seeds generated "
+        "images (default: 50)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=2,
+        help="images of the world text-to-image model per prompt (default: 2; 0: renders only)",
+    )
+    p.add_argument(
+        "--chains",
+        type=int,
+        default=None,
+        help="reasoning chains for LookBack vs plain, and TLDR captions (default: --limit; 0: none)",
+    )
+    p.add_argument(
+        "--critics",
+        default=",".join(EVAL_CRITICS),
+        help=f"comma-separated subset of {','.join(EVAL_CRITICS)} (default: all)",
+    )
+    p.add_argument("--vlm", default="world", help="world (default), a model folder or a Hugging Face id")
+    p.add_argument(
+        "--clip",
+        type=Path,
+        default=None,
+        help="open_clip model folder (default: the world CLIP, skipped if absent)",
+    )
+    p.add_argument(
+        "--t2i-source", default=None, help="text-to-image weights for --seeds (default: the world preset's)"
+    )
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="longest text the generating critics write (default: each critic's)",
+    )
+    p.add_argument("--batch-size", type=int, default=16, help="prompts per VLM batch (default: 16)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
+    p.add_argument("--json", type=Path, default=None, help="write results here (+ a .md table beside it)")
+    p.set_defaults(func=cmd_eval_critics)
 
 
 def _load(args):
@@ -177,39 +275,117 @@ def _pipeline_record(loaded, steps: int, guidance: float, size: int) -> dict:
 def cmd_generate(args) -> int:
     import time
 
-    from selfcorrect.diffusion.generate import generate
     from selfcorrect.io import save_image, write_json
 
-    if args.rounds != 0:
-        raise SelfcorrectError("correction rounds are not available yet: use --rounds 0")
-    if args.preset == "world":  # the world model only knows the world grammar: refuse early and clearly
+    if (args.prompt is None) == (args.prompts is None):
+        raise SelfcorrectError("give either a PROMPT or --prompts FILE")
+    if args.rounds < 0:
+        raise SelfcorrectError(f"--rounds must be 0 or more, got {args.rounds}")
+    if args.strength is not None and not 0.0 < args.strength <= 1.0:
+        raise SelfcorrectError(f"--strength must be in (0, 1], got {args.strength}")
+    if args.output.exists() and not args.output.is_dir():
+        raise SelfcorrectError(f"cannot write into {args.output}: it is a file, not a directory")
+    prompts = _read_prompts(args.prompts) if args.prompts else [args.prompt]
+    if args.prompts is None and args.preset == "world" and not args.controller:
+        # The world model only knows the world grammar: refuse early and clearly.
         from selfcorrect.world.grammar import parse_prompt
 
         parse_prompt(args.prompt)
-    elif not args.prompt.strip():
+    elif not all(p.strip() for p in prompts):
         raise SelfcorrectError("the prompt is empty")
-    if args.output.exists() and not args.output.is_dir():
-        raise SelfcorrectError(f"cannot write into {args.output}: it is a file, not a directory")
+    image = None
+    if args.input is not None:
+        from selfcorrect.vision.images import load_image
+
+        if args.prompts is not None or args.rounds == 0:
+            raise SelfcorrectError("--input corrects one image: give one PROMPT and --rounds 1 or more")
+        image = load_image(args.input)
     started = time.perf_counter()
     loaded, steps, guidance, size = _load(args)
     load_seconds = time.perf_counter() - started
-    (result,) = generate(
-        loaded.pipeline, [args.prompt], [args.seed], steps=steps, guidance=guidance, size=size
+
+    if args.rounds == 0:
+        from selfcorrect.diffusion.generate import generate
+
+        (result,) = generate(loaded.pipeline, prompts, [args.seed], steps=steps, guidance=guidance, size=size)
+        image_path = save_image(result.image, args.output / "image.png")
+        record = {
+            "prompt": args.prompt,
+            "seed": args.seed,
+            **_pipeline_record(loaded, steps, guidance, size),
+            "image": image_path.name,
+            "timings": {"load_seconds": round(load_seconds, 3), "generate_seconds": round(result.seconds, 3)},
+            "rounds": [],
+        }
+        write_json(args.output / "trace.json", record)
+        print(
+            f"wrote {image_path} ({size}x{size}, seed {args.seed}, {steps} steps, attention {loaded.attention}, "
+            f"{result.seconds:.2f} s)"
+        )
+        return 0
+
+    from selfcorrect.diffusion.edits import EditConfig
+    from selfcorrect.diffusion.loop import LoopConfig
+    from selfcorrect.diffusion.outputs import append_pairs, write_outputs
+    from selfcorrect.diffusion.runner import Corrector, run_batch
+
+    edit = EditConfig(steps=steps, guidance=guidance)
+    if args.strength is not None:
+        edit.strength = args.strength
+    corrector = Corrector.build(
+        loaded,
+        critic=args.critic,
+        detector=args.detector,
+        vlm=args.vlm,
+        controller=args.controller,
+        config=LoopConfig(rounds=args.rounds, edit=edit, size=size),
+        device=args.device,
     )
-    image_path = save_image(result.image, args.output / "image.png")
-    record = {
-        "prompt": args.prompt,
-        "seed": args.seed,
-        **_pipeline_record(loaded, steps, guidance, size),
-        "image": image_path.name,
-        "timings": {"load_seconds": round(load_seconds, 3), "generate_seconds": round(result.seconds, 3)},
-        "rounds": [],
-    }
-    write_json(args.output / "record.json", record)
+    if args.prompts is not None:
+        counts = run_batch(
+            corrector,
+            prompts,
+            args.output,
+            seeds=args.seeds,
+            first_seed=args.seed,
+            pairs=not args.no_pairs,
+            progress=not args.no_progress,
+        )
+        from accelerate import PartialState
+
+        if PartialState().is_main_process:
+            failed = f" (see {args.output}/failures-*.jsonl)" if counts["failed"] else ""
+            print(
+                f"{counts['done']} corrected, {counts['skipped']} already done, {counts['failed']} failed{failed}, "
+                f"{counts['pairs']} preference pairs -> {args.output}"
+            )
+        # Failed prompts are reported, not fatal; exit 1 only when none could be corrected.
+        return 1 if counts["failed"] and not counts["done"] + counts["skipped"] else 0
+    trace = corrector.correct(args.prompt, args.seed, image)
+    write_outputs(trace, args.output, {**corrector.record(), "load_seconds": round(load_seconds, 3)})
+    pairs = 0 if args.no_pairs else append_pairs(trace, args.output / "pairs", args.critic)
+    scores = " -> ".join(f"{s:.3f}" if s is not None else "unparsed" for s in trace.scores)
+    rolled = sum(1 for r in trace.rounds if r.get("accepted") is False)
     print(
-        f"wrote {image_path} ({size}x{size}, seed {args.seed}, {steps} steps, attention {loaded.attention}, {result.seconds:.2f} s)"
+        f"wrote {args.output / 'image.png'} (critic {args.critic} scores {scores}; best: image {trace.best}; "
+        f"{rolled} edit(s) rolled back; stopped: {trace.stopped}; {trace.seconds:.1f} s; attention {loaded.attention})"
+    )
+    print(
+        f"rounds: {args.output / 'rounds.png'}; trace: {args.output / 'trace.json'}; pairs written: {pairs}"
     )
     return 0
+
+
+def _read_prompts(path: Path) -> list[str]:
+    """Non-empty, non-comment lines of a prompts file."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SelfcorrectError(f"cannot read the prompts file {path}: {e}") from None
+    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise SelfcorrectError(f"{path} holds no prompts")
+    return prompts
 
 
 def cmd_eval_t2i(args) -> int:
@@ -244,6 +420,48 @@ def cmd_eval_t2i(args) -> int:
         write_json(args.json, result)
         write_text(args.json.with_suffix(".md"), f"# World GenEval: {loaded.preset}\n\n{table}\n")
         print(f"wrote {args.json} and {args.json.with_suffix('.md')}")
+    return 0
+
+
+def cmd_eval_loop(args) -> int:
+    from selfcorrect.diffusion.edits import EditConfig
+    from selfcorrect.diffusion.loop import LoopConfig
+    from selfcorrect.diffusion.runner import Corrector
+    from selfcorrect.io import save_image, write_json, write_text
+    from selfcorrect.world.loop_eval import before_after_sheet, evaluate_loop, markdown
+
+    for name in ("seeds", "rounds"):
+        if getattr(args, name) < 1:
+            raise SelfcorrectError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.limit is not None and args.limit < 1:
+        raise SelfcorrectError(f"--limit must be at least 1, got {args.limit}")
+    loaded, steps, guidance, size = _load(args)
+    edit = EditConfig(steps=steps, guidance=guidance)
+    if args.strength is not None:
+        edit.strength = args.strength
+    corrector = Corrector.build(
+        loaded,
+        critic=args.critic,
+        detector=args.detector,
+        vlm=args.vlm,
+        config=LoopConfig(rounds=args.rounds, edit=edit, size=size),
+        device=args.device,
+    )
+    result, examples = evaluate_loop(corrector, split=args.split, seeds=args.seeds, limit=args.limit)
+    result["loop"] = corrector.record()
+    result["command"] = args.command_line
+    table = markdown(result)
+    print(table)
+    if args.json is not None:
+        write_json(args.json, result)
+        picture = args.json.with_name(args.json.stem + "_before_after.png")
+        save_image(before_after_sheet(examples), picture)
+        write_text(
+            args.json.with_suffix(".md"),
+            f"# Correction loop on the world ({args.split} split)\n\nCommand: `{args.command_line}`\n\n{table}\n"
+            f"![before and after]({picture.name})\n",
+        )
+        print(f"wrote {args.json}, {args.json.with_suffix('.md')} and {picture}")
     return 0
 
 
@@ -321,6 +539,123 @@ def cmd_eval_vlm(args) -> int:
             f"# World VLM: {args.model} ({args.split} split)\n\n`{args.command_line}`\n\n"
             f"{result['machine']['platform']}, {result['model']['device']}, {result['date']}, "
             f"{result['seconds']} s\n\n{table}"
+        )
+        write_json(args.json, result)
+        write_text(args.json.with_suffix(".md"), md)
+        print(f"wrote {args.json} and {args.json.with_suffix('.md')}")
+    return 0
+
+
+EVAL_CRITICS = ("llava_critic", "vqa", "clip", "lookback", "tldr")  # what `eval critics` can measure
+
+
+def cmd_eval_critics(args) -> int:
+    from selfcorrect.critics import CRITICS
+    from selfcorrect.io import write_json, write_text
+    from selfcorrect.vision.vlm import VLM, ModelNotFoundError
+    from selfcorrect.world.critic_eval import GENERATE, LOGPROB, SPLITS, load_tldr, markdown_report, run
+
+    # 1. Check everything cheap before loading a model.
+    if args.split not in SPLITS:
+        raise SelfcorrectError(f"unknown split {args.split!r}; splits are {', '.join(SPLITS)}")
+    for name, least in (("limit", 1), ("batch_size", 1), ("seeds", 0), ("chains", 0), ("max_new_tokens", 1)):
+        value = getattr(args, name)
+        if value is not None and value < least:
+            raise SelfcorrectError(f"--{name.replace('_', '-')} must be at least {least}, got {value}")
+    wanted = [c.strip() for c in args.critics.split(",") if c.strip()]
+    unknown = [c for c in wanted if c not in EVAL_CRITICS]
+    if unknown or not wanted:
+        raise SelfcorrectError(
+            f"--critics: unknown {', '.join(map(repr, unknown)) or 'empty list'}; choose from {', '.join(EVAL_CRITICS)}"
+        )
+
+    # 2. Load the models before the long loops, so a missing one fails in seconds.
+    vlm = None
+    if {"llava_critic", "vqa", "lookback"} & set(wanted):
+        vlm = VLM.from_pretrained(args.vlm, device=args.device)
+    generating = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
+    critics, notes = {}, {}
+    if "llava_critic" in wanted:
+        critics[LOGPROB] = CRITICS["llava_critic"](vlm=vlm, mode="logprob", batch_size=args.batch_size)
+        critics[GENERATE] = CRITICS["llava_critic"](
+            vlm=vlm, mode="generate", batch_size=args.batch_size, **generating
+        )
+    if "vqa" in wanted:
+        critics["vqa"] = CRITICS["vqa"](vlm=vlm, batch_size=args.batch_size)
+    if "clip" in wanted:
+        from selfcorrect.vision.clip import load_world_clip
+
+        try:
+            clip = load_world_clip(args.clip, device=args.device)
+            critics["clip"] = CRITICS["clip"](clip=clip, batch_size=max(args.batch_size, 64))
+        except ModelNotFoundError as e:
+            if args.clip is not None:  # asked for explicitly: an error, not a skip
+                raise
+            notes["clip"] = str(e)
+            print(f"selfcorrect: skipping CLIP: {e}", file=sys.stderr)
+    step_critic = None
+    if "lookback" in wanted:
+        step_critic = CRITICS["lookback"](vlm=vlm, batch_size=args.batch_size, **generating)
+    tldr, tldr_note = None, "not asked for (--critics)"
+    if "tldr" in wanted:
+        tldr, tldr_note = load_tldr(args.device)
+        if tldr is None:
+            print(f"selfcorrect: skipping TLDR: {tldr_note}", file=sys.stderr)
+    generate_fn, t2i = None, None
+    if args.seeds:
+        from selfcorrect.diffusion.generate import generate
+        from selfcorrect.diffusion.presets import load_pipeline
+
+        loaded = load_pipeline("world", args.t2i_source, device=args.device)
+        d = loaded.defaults
+        t2i = _pipeline_record(loaded, d.num_inference_steps, d.guidance_scale, d.resolution)
+
+        def generate_fn(prompts, seeds):
+            out = generate(
+                loaded.pipeline,
+                prompts,
+                seeds,
+                steps=d.num_inference_steps,
+                guidance=d.guidance_scale,
+                size=d.resolution,
+                batch_size=32,
+            )
+            return [g.image for g in out]
+
+    # 3. Measure.
+    result = run(
+        args.split,
+        args.limit,
+        critics=critics,
+        compare=(LOGPROB,),
+        step_critic=step_critic,
+        tldr=tldr,
+        tldr_note=tldr_note,
+        generate_fn=generate_fn,
+        seeds=args.seeds,
+        chains=args.chains,
+    )
+    result["model"] = {
+        "vlm": None if vlm is None else args.vlm,
+        "device": args.device,
+        "dtype": None if vlm is None else str(vlm.dtype).removeprefix("torch."),
+        "clip": None if "clip" not in critics else str(args.clip or "world"),
+        "t2i": t2i,
+        "critics": wanted,
+        "skipped": notes,
+        "max_new_tokens": args.max_new_tokens,
+        "batch_size": args.batch_size,
+    }
+    result["command"] = args.command_line
+    table = markdown_report(result)
+    print(table)
+    if args.json is not None:
+        skipped = "".join(f"\nSkipped {name}: {why}\n" for name, why in notes.items())
+        md = (
+            f"# Critics vs the oracle ({args.split} split)\n\n`{args.command_line}`\n\n"
+            f"{result['machine']['platform']}, torch {result['machine']['torch']} "
+            f"(threads: {result['machine']['torch_threads']}), {args.device}, {result['date']}, "
+            f"{result['seconds']} s\n{skipped}\n{table}"
         )
         write_json(args.json, result)
         write_text(args.json.with_suffix(".md"), md)

@@ -108,6 +108,9 @@ class VLMConfig:
       each batch is drawn from one bucket, so that it holds little padding (see :func:`batch_plan`).
       1 mixes all tasks in every batch.
     eval_turns: held-out assistant turns answered greedily at the end, for the training record.
+    vision_lr_scale: the vision tower's learning rate relative to ``lr`` when it starts from a
+      trained CLIP (``--init-vision``), so that early gradients of the random language model do
+      not wash out what it already sees (LLaVA freezes it outright; here it still adapts).
     """
 
     vision_hidden: int = 128
@@ -130,6 +133,7 @@ class VLMConfig:
     tokenizer_corpus: int = 5000
     length_buckets: int = 3
     eval_turns: int = 100
+    vision_lr_scale: float = 0.3
     notes: dict = field(default_factory=dict)
 
 
@@ -205,6 +209,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         default=None,
         help="labelled images of the world text-to-image model (made by python -m selfcorrect.train.generated_pool)",
+    )
+    p.add_argument(
+        "--init-vision",
+        type=Path,
+        default=None,
+        help="start the vision tower from this open_clip folder (e.g. selfcorrect/weights/world-clip); "
+        "its width, depth and patch size must match the profile's",
     )
     p.add_argument("--eval-turns", type=int, default=None, help="held-out answers checked at the end")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -397,8 +408,12 @@ class Collator:
 # Model
 
 
-def build_model(config: VLMConfig, tokenizer):
-    """A randomly initialised :class:`transformers.LlavaForConditionalGeneration` for ``tokenizer``."""
+def build_model(config: VLMConfig, tokenizer, vision_act: str = "quick_gelu"):
+    """A randomly initialised :class:`transformers.LlavaForConditionalGeneration` for ``tokenizer``.
+
+    ``vision_act``: the vision tower's MLP activation; ``"gelu"`` to take an open_clip tower's
+    weights (see :func:`init_vision_from_open_clip`).
+    """
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
     vision = CLIPVisionConfig(
@@ -408,6 +423,7 @@ def build_model(config: VLMConfig, tokenizer):
         num_attention_heads=config.vision_heads,
         image_size=CANVAS,
         patch_size=config.patch_size,
+        hidden_act=vision_act,
     )
     text = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -437,6 +453,75 @@ def build_model(config: VLMConfig, tokenizer):
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+def init_vision_from_open_clip(model, clip) -> None:
+    """Copy an open_clip ViT's image tower into the LLaVA model's CLIP vision tower, in place.
+
+    The two are the same network under other names (pre-norm ViT with a class token, learned
+    positions, bias-free patch convolution): open_clip's fused ``in_proj`` splits into the
+    q/k/v projections; ``ln_pre``/``ln_post`` are HF's ``pre_layrnorm``/``post_layernorm``. The
+    projection ``proj`` has no counterpart (LLaVA's projector reads the tower's hidden states).
+    Written by hand because transformers' converter script is for OpenAI checkpoints, not
+    open_clip state dicts.
+
+    Args:
+        model: a :class:`transformers.LlavaForConditionalGeneration` built with
+            ``vision_act="gelu"`` (open_clip's default activation).
+        clip: an open_clip ``CLIP`` whose ``visual`` is a ``VisionTransformer`` of the same width,
+            depth, heads and patch size.
+
+    Raises:
+        SelfcorrectError: the two towers differ in shape or activation.
+    """
+    import torch
+
+    tower = model.model.vision_tower
+    tower = getattr(tower, "vision_model", tower)  # transformers < 5 nests the transformer one deeper
+    visual = clip.visual
+    source = {k: v.detach().float() for k, v in visual.state_dict().items()}
+    config = model.config.vision_config
+    blocks = len(visual.transformer.resblocks)
+    if (
+        blocks != config.num_hidden_layers
+        or source["conv1.weight"].shape != tower.embeddings.patch_embedding.weight.shape
+        or source["positional_embedding"].shape != tower.embeddings.position_embedding.weight.shape
+        or config.hidden_act != "gelu"
+    ):
+        raise SelfcorrectError(
+            f"the open_clip tower ({blocks} layers, patch conv {tuple(source['conv1.weight'].shape)}) does "
+            f"not fit the VLM's vision tower ({config.num_hidden_layers} layers, patch conv "
+            f"{tuple(tower.embeddings.patch_embedding.weight.shape)}, activation {config.hidden_act})"
+        )
+    target = {
+        "embeddings.class_embedding": source["class_embedding"],
+        "embeddings.patch_embedding.weight": source["conv1.weight"],
+        "embeddings.position_embedding.weight": source["positional_embedding"],
+        "pre_layrnorm.weight": source["ln_pre.weight"],
+        "pre_layrnorm.bias": source["ln_pre.bias"],
+        "post_layernorm.weight": source["ln_post.weight"],
+        "post_layernorm.bias": source["ln_post.bias"],
+    }
+    for i in range(blocks):
+        a, b = f"transformer.resblocks.{i}.", f"encoder.layers.{i}."
+        for name, part in zip("qkv", source[a + "attn.in_proj_weight"].chunk(3)):
+            target[f"{b}self_attn.{name}_proj.weight"] = part
+        for name, part in zip("qkv", source[a + "attn.in_proj_bias"].chunk(3)):
+            target[f"{b}self_attn.{name}_proj.bias"] = part
+        for ours, theirs in (
+            ("self_attn.out_proj", "attn.out_proj"),
+            ("layer_norm1", "ln_1"),
+            ("layer_norm2", "ln_2"),
+            ("mlp.fc1", "mlp.c_fc"),
+            ("mlp.fc2", "mlp.c_proj"),
+        ):
+            target[f"{b}{ours}.weight"] = source[f"{a}{theirs}.weight"]
+            target[f"{b}{ours}.bias"] = source[f"{a}{theirs}.bias"]
+    with torch.no_grad():
+        missing, unexpected = tower.load_state_dict(target, strict=False)
+    left = [k for k in missing if "position_ids" not in k]
+    if left or unexpected:
+        raise SelfcorrectError(f"open_clip -> CLIP vision tower mapping is incomplete: {left or unexpected}")
 
 
 def parameter_counts(model) -> dict[str, int]:
@@ -564,16 +649,26 @@ def main(args: argparse.Namespace, conversations: Callable | None = None) -> Pat
     # --steps keeps every batch where it was when a resumed run is asked to train longer.
     B, N = config.batch_size, 10**9
     processor, run = _processor(accelerator, args.output_dir, config, conversations(N, args.seed, generated))
-    model = build_model(config, processor.tokenizer)
+    init_vision = getattr(args, "init_vision", None)
+    model = build_model(config, processor.tokenizer, vision_act="gelu" if init_vision else "quick_gelu")
+    if init_vision:
+        from selfcorrect.vision.clip import load_world_clip
 
-    # AdamW without weight decay on gains, biases and embeddings' norms (1-D parameters).
-    decay = [t for t in model.parameters() if t.ndim >= 2]
-    no_decay = [t for t in model.parameters() if t.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr,
-        betas=(0.9, 0.95),
-    )
+        init_vision_from_open_clip(model, load_world_clip(init_vision).model)
+        config.notes["init_vision"] = str(init_vision)
+
+    # AdamW without weight decay on gains, biases and embeddings' norms (1-D parameters); a
+    # pretrained vision tower learns at vision_lr_scale * lr.
+    vision = {id(t) for t in model.model.vision_tower.parameters()}
+    groups = []
+    for in_vision in (False, True):
+        lr = config.lr * (config.vision_lr_scale if in_vision and init_vision else 1.0)
+        params = [t for t in model.parameters() if (id(t) in vision) == in_vision]
+        groups.append(
+            {"params": [t for t in params if t.ndim >= 2], "weight_decay": config.weight_decay, "lr": lr}
+        )
+        groups.append({"params": [t for t in params if t.ndim < 2], "weight_decay": 0.0, "lr": lr})
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95))
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,  # linear warm-up, then cosine decay to a tenth
         lambda s: (
