@@ -170,3 +170,27 @@ def test_real_conversations_go_through_the_collator(processor):
     batch = world_vlm.Collator(processor)([data[i] for i in range(8)])
     assert batch["input_ids"].shape == batch["labels"].shape
     assert ((batch["labels"] != world_vlm.IGNORE).sum(1) > 0).all()  # every conversation has answers
+
+
+def test_vision_tower_starts_exactly_from_the_world_clip():
+    from selfcorrect.errors import SelfcorrectError
+    from selfcorrect.vision.clip import load_world_clip
+    from selfcorrect.vision.testing import build_tokenizer
+
+    clip = load_world_clip().model
+    tokenizer = build_tokenizer(
+        list(world_vlm.SPECIAL_TOKENS), bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+    model = world_vlm.build_model(world_vlm.PROFILES["cpu"], tokenizer, vision_act="gelu")
+    world_vlm.init_vision_from_open_clip(model, clip)
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ours = model.model.vision_tower(pixels).pooler_output @ clip.visual.proj
+        theirs = clip.encode_image(pixels)
+    assert torch.allclose(ours, theirs, atol=1e-4)
+    tiny = world_vlm.build_model(world_vlm.PROFILES["tiny"], tokenizer, vision_act="gelu")
+    with pytest.raises(SelfcorrectError, match="does not fit"):
+        world_vlm.init_vision_from_open_clip(tiny, clip)
+    quick = world_vlm.build_model(world_vlm.PROFILES["cpu"], tokenizer)  # quick_gelu: another network
+    with pytest.raises(SelfcorrectError, match="activation quick_gelu"):
+        world_vlm.init_vision_from_open_clip(quick, clip)
