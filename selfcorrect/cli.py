@@ -283,6 +283,10 @@ def cmd_generate(args) -> int:
         raise SelfcorrectError(f"--rounds must be 0 or more, got {args.rounds}")
     if args.strength is not None and not 0.0 < args.strength <= 1.0:
         raise SelfcorrectError(f"--strength must be in (0, 1], got {args.strength}")
+    if args.output is None:
+        from selfcorrect.diffusion.outputs import slug
+
+        args.output = Path("out") / (slug(args.prompt) if args.prompt else args.prompts.stem)
     if args.output.exists() and not args.output.is_dir():
         raise SelfcorrectError(f"cannot write into {args.output}: it is a file, not a directory")
     prompts = _read_prompts(args.prompts) if args.prompts else [args.prompt]

@@ -31,9 +31,11 @@ def test_generate_writes_image_and_record(tiny_world_pipeline, tmp_path, capsys)
         "2",
         "--seed",
         "7",
+        "--rounds",
+        "0",
     )
     assert code == 0, err
-    record = json.loads((out / "record.json").read_text())
+    record = json.loads((out / "trace.json").read_text())
     assert record["seed"] == 7 and record["steps"] == 2 and record["preset"] == "world"
     assert record["attention"] == "sdpa" and record["rounds"] == []
     assert record["timings"]["generate_seconds"] > 0
@@ -57,6 +59,8 @@ def test_same_seed_same_image(tiny_world_pipeline, tmp_path, capsys):
                 "2",
                 "--seed",
                 seed,
+                "--rounds",
+                "0",
             )[0]
             == 0
         )
@@ -88,7 +92,7 @@ def test_nan_latents_are_refused_and_nothing_is_saved(tiny_world_pipeline, tmp_p
         generate(pipe, ["a circle"], [0], steps=2, guidance=3.0, size=64)
     # Through the CLI: exit 2, one message, no image.
     monkeypatch.setattr("selfcorrect.diffusion.presets.load_pipeline", lambda *a, **k: _Loaded(pipe))
-    code, _, err = run(capsys, "generate", "a circle", "-o", tmp_path / "nan", "--steps", "2")
+    code, _, err = run(capsys, "generate", "a circle", "-o", tmp_path / "nan", "--steps", "2", "--rounds", "0")
     assert code == 2 and "NaN" in err and not (tmp_path / "nan" / "image.png").exists()
 
 
@@ -115,7 +119,7 @@ class _Loaded:
         (["a circle", "--steps", "0"], "--steps"),
         (["a circle", "--size", "4000"], "--size"),
         (["a circle", "--guidance", "-1"], "--guidance"),
-        (["a circle", "--rounds", "2"], "rounds"),
+        (["a circle", "--rounds", "-2"], "rounds"),
         (["a circle", "--attention", "xformers"], "xformers"),
     ],
 )
