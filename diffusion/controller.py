@@ -398,12 +398,12 @@ class ChatGenerator:
         from selfcorrect.vision.vlm import (
             WORLD,
             ModelFormatError,
-            _first_line,
-            _load_config,
-            _locate,
-            _resolve_device,
-            _resolve_dtype,
-            _weights_error,
+            first_line,
+            load_checkpoint_config,
+            locate_checkpoint,
+            resolve_device,
+            resolve_dtype,
+            weights_error,
         )
 
         if str(source) == WORLD:
@@ -411,10 +411,10 @@ class ChatGenerator:
                 "the embedded world has no controller model: its prompts are parsed by the world "
                 "grammar (Expected.from_requirements(parse_prompt(text))). Pass a chat model for free text"
             )
-        torch_device = _resolve_device(device)
-        torch_dtype = _resolve_dtype(dtype, torch_device)
-        location = _locate(source)
-        config = _load_config(location, source, trust_remote_code)
+        torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device)
+        location = locate_checkpoint(source)
+        config = load_checkpoint_config(location, source, trust_remote_code)
         try:
             model, info = transformers.AutoModelForCausalLM.from_pretrained(
                 location,
@@ -426,9 +426,9 @@ class ChatGenerator:
                 device_map=str(torch_device),
             )
         except OSError as e:
-            raise _weights_error(location, source, e) from None
+            raise weights_error(location, source, e) from None
         except ValueError as e:
-            raise ModelFormatError(f"{source} is not a causal language model: {_first_line(e)}") from None
+            raise ModelFormatError(f"{source} is not a causal language model: {first_line(e)}") from None
         if info["missing_keys"]:
             missing = sorted(info["missing_keys"])
             raise ModelFormatError(
@@ -440,7 +440,7 @@ class ChatGenerator:
                 location, trust_remote_code=trust_remote_code
             )
         except (OSError, ValueError, TypeError) as e:
-            raise ModelFormatError(f"{source}: cannot load its tokenizer: {_first_line(e)}") from None
+            raise ModelFormatError(f"{source}: cannot load its tokenizer: {first_line(e)}") from None
         return cls(model.eval(), tokenizer, max_new_tokens=max_new_tokens, name=str(source))
 
     def __call__(self, messages: list[Message]) -> str:

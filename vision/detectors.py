@@ -316,18 +316,18 @@ class Owlv2Detector:
 
         from selfcorrect.vision.vlm import (
             ModelFormatError,
-            _first_line,
-            _load_config,
-            _locate,
-            _resolve_device,
-            _resolve_dtype,
-            _weights_error,
+            first_line,
+            load_checkpoint_config,
+            locate_checkpoint,
+            resolve_device,
+            resolve_dtype,
+            weights_error,
         )
 
-        device = _resolve_device(device)
-        torch_dtype = _resolve_dtype(dtype, device)
-        location = _locate(source)
-        config = _load_config(location, source, False)
+        device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, device)
+        location = locate_checkpoint(source)
+        config = load_checkpoint_config(location, source, False)
         if config.model_type != "owlv2":
             raise ModelFormatError(f"{source} is a {config.model_type!r} checkpoint, not an OWLv2 detector")
         try:
@@ -340,7 +340,7 @@ class Owlv2Detector:
                 device_map=str(device),
             )
         except OSError as e:
-            raise _weights_error(location, source, e) from None
+            raise weights_error(location, source, e) from None
         if info["missing_keys"]:
             missing = sorted(info["missing_keys"])
             raise ModelFormatError(
@@ -350,7 +350,7 @@ class Owlv2Detector:
         try:
             processor = transformers.Owlv2Processor.from_pretrained(location)
         except (OSError, ValueError, TypeError) as e:
-            raise ModelFormatError(f"{source}: cannot load its processor: {_first_line(e)}") from None
+            raise ModelFormatError(f"{source}: cannot load its processor: {first_line(e)}") from None
         return cls(model, processor, **options)
 
     def detect(self, image, phrases: Sequence[str]) -> dict[str, list[Detection]]:

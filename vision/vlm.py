@@ -266,10 +266,10 @@ class VLM:
 
         if family not in FAMILIES:
             raise ModelFormatError(f"unknown VLM family {family!r}; choose one of {', '.join(FAMILIES)}")
-        device = _resolve_device(device)
-        torch_dtype = _resolve_dtype(dtype, device)
-        location = _locate(source)
-        config = _load_config(location, source, trust_remote_code)
+        device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, device)
+        location = locate_checkpoint(source)
+        config = load_checkpoint_config(location, source, trust_remote_code)
         if family != "auto" and config.model_type != family:
             raise ModelFormatError(f"{source} is a {config.model_type!r} checkpoint, not {family!r}")
         model_class = getattr(transformers, FAMILIES[family])
@@ -286,9 +286,9 @@ class VLM:
                 **options,
             )
         except OSError as e:
-            raise _weights_error(location, source, e) from None
+            raise weights_error(location, source, e) from None
         except ValueError as e:
-            raise ModelFormatError(f"{source} is not an image-text-to-text model: {_first_line(e)}") from None
+            raise ModelFormatError(f"{source} is not an image-text-to-text model: {first_line(e)}") from None
         if info["missing_keys"]:
             missing = sorted(info["missing_keys"])
             raise ModelFormatError(
@@ -300,7 +300,7 @@ class VLM:
                 location, trust_remote_code=trust_remote_code
             )
         except (OSError, ValueError, TypeError) as e:
-            raise ModelFormatError(f"{source}: cannot load its processor: {_first_line(e)}") from None
+            raise ModelFormatError(f"{source}: cannot load its processor: {first_line(e)}") from None
         return cls(model, processor, name=str(source))
 
     # -------------------------------------------------------------------------------------- chat
@@ -736,7 +736,7 @@ def _seeded(seed: int | None, device: torch.device):
         yield
 
 
-def _resolve_device(device) -> torch.device:
+def resolve_device(device) -> torch.device:
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as e:
@@ -746,7 +746,7 @@ def _resolve_device(device) -> torch.device:
     return device
 
 
-def _resolve_dtype(dtype, device: torch.device):
+def resolve_dtype(dtype, device: torch.device):
     if dtype is None:
         if device.type == "cpu":
             return torch.float32
@@ -759,7 +759,7 @@ def _resolve_dtype(dtype, device: torch.device):
     return resolved
 
 
-def _locate(source) -> str:
+def locate_checkpoint(source) -> str:
     """The folder or hub id to load ``source`` from; raises ModelNotFoundError when it cannot exist."""
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
@@ -791,7 +791,7 @@ def _locate(source) -> str:
     return text
 
 
-def _load_config(location: str, source, trust_remote_code: bool):
+def load_checkpoint_config(location: str, source, trust_remote_code: bool):
     from transformers import AutoConfig, PretrainedConfig
 
     try:
@@ -816,7 +816,7 @@ def _load_config(location: str, source, trust_remote_code: bool):
             if "trust_remote_code" in str(e)
             else ""
         )
-        raise ModelFormatError(f"cannot read the config of {source}{hint}: {_first_line(e)}") from None
+        raise ModelFormatError(f"cannot read the config of {source}{hint}: {first_line(e)}") from None
 
 
 def _not_found(source, error: Exception) -> ModelNotFoundError:
@@ -831,22 +831,22 @@ def _not_found(source, error: Exception) -> ModelNotFoundError:
         )
     return ModelNotFoundError(
         f"cannot load model {str(source)!r}: no such folder, and the Hugging Face Hub does not have it or "
-        f"cannot be reached ({_first_line(error)}). Check the id, or download it with "
+        f"cannot be reached ({first_line(error)}). Check the id, or download it with "
         f"`hf download {source}` and pass the folder"
     )
 
 
-def _weights_error(location: str, source, error: OSError) -> SelfcorrectError:
+def weights_error(location: str, source, error: OSError) -> SelfcorrectError:
     path = Path(location)
     if not path.is_dir():
         from huggingface_hub import is_offline_mode
 
         if is_offline_mode():
             return _not_found(source, error)
-        return ModelFormatError(f"cannot load safetensors weights of {source}: {_first_line(error)}")
+        return ModelFormatError(f"cannot load safetensors weights of {source}: {first_line(error)}")
     names = [p.name for p in path.iterdir()]
     if any(n.endswith(".safetensors") for n in names):
-        return ModelFormatError(f"cannot load the weights in {path}: {_first_line(error)}")
+        return ModelFormatError(f"cannot load the weights in {path}: {first_line(error)}")
     if any(n.endswith(PICKLE_SUFFIXES) for n in names):
         return ModelFormatError(
             f"{path} has only pickle weights ({', '.join(n for n in names if n.endswith(PICKLE_SUFFIXES))}); "
@@ -856,5 +856,5 @@ def _weights_error(location: str, source, error: OSError) -> SelfcorrectError:
     return ModelNotFoundError(f"{path} has no weights (*.safetensors)")
 
 
-def _first_line(error: Exception) -> str:
+def first_line(error: Exception) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
