@@ -186,6 +186,26 @@ def salient_patch(
     return latents[:, ra:rb, ca:cb].clone(), rim[ra:rb, ca:cb].clone(), (ra, rb, ca, cb)
 
 
+def salient_boxes(latents: torch.Tensor, known: list[Box] = (), share: float = 0.35) -> list[Box]:
+    """Boxes of the salient blobs of ``(C, h, w)`` latents: places where *something* is.
+
+    Class-agnostic object proposals from latent contrast (connected regions whose distance from
+    the background latent exceeds ``share`` of the largest distance). The planner avoids them
+    when it places new objects, so that an object the detector missed is not painted over.
+    """
+    from scipy import ndimage
+
+    _, h, w = latents.shape
+    distance = (latents - background_latent(latents, list(known))[:, None, None]).norm(dim=0)
+    if float(distance.max()) <= 0:
+        return []
+    labels, n = ndimage.label((distance >= share * distance.max()).numpy())
+    boxes = []
+    for rows, cols in ndimage.find_objects(labels):
+        boxes.append((cols.start / w, rows.start / h, cols.stop / w, rows.stop / h))
+    return boxes
+
+
 def paste(
     latents: torch.Tensor, patch: torch.Tensor, mask: torch.Tensor, centre: tuple[float, float]
 ) -> torch.Tensor:

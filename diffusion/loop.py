@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from selfcorrect.diffusion.edits import EditConfig, apply_edits
+from selfcorrect.diffusion.edits import EditConfig, apply_edits, salient_boxes
 from selfcorrect.diffusion.expected import Expected
 from selfcorrect.diffusion.plan import plan, queries
 
@@ -179,7 +179,8 @@ def correct(
         findings = current.verdict.findings
         if config.gate_on_findings and len(findings) == n_requirements:
             failing = {i for i, f in enumerate(findings) if not f.passed}
-        ops = plan(expected, detections, failing)
+        known = [d.box for ds in detections.values() for d in ds]
+        ops = plan(expected, detections, failing, avoid=salient_boxes(current.latents, known))
         record["plan"] = [op.to_dict() for op in ops]
         if not ops:
             trace.stopped = "nothing to edit"
@@ -190,7 +191,6 @@ def correct(
         # 5. Edit the latents and re-denoise, anchoring what the plan leaves alone.
         round_seed = seed + 1000 * r
         t = time.perf_counter()
-        known = [d.box for ds in detections.values() for d in ds]
         edited = apply_edits(pipe, current.latents, prompt, ops, known, edit, round_seed)
         timings["edit"] = time.perf_counter() - t
         record["seed"] = round_seed

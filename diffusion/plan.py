@@ -109,7 +109,10 @@ def queries(expected: Expected) -> list[str]:
 
 
 def plan(
-    expected: Expected, detections: dict[str, Sequence], failing: set[int] | None = None
+    expected: Expected,
+    detections: dict[str, Sequence],
+    failing: set[int] | None = None,
+    avoid: Sequence[Box] = (),
 ) -> list[EditOp]:
     """Edit operations that turn the detected layout into the expected one.
 
@@ -120,6 +123,9 @@ def plan(
         failing: indexes of requirements a critic found failing, numbered as
             :class:`Expected` lists them (object groups, then relations); None plans for all.
             Groups and relations the critic passed are left alone.
+        avoid: boxes of things the detector did not name (e.g.
+            :func:`~selfcorrect.diffusion.edits.salient_boxes`); new objects are placed away
+            from them too.
 
     Returns:
         The operations, in a fixed order (groups in prompt order, then relations).
@@ -136,7 +142,7 @@ def plan(
     sides = [(d.box[2] - d.box[0] + d.box[3] - d.box[1]) / 2 for ds in found.values() for d in ds]
     side = sorted(sides)[len(sides) // 2] if sides else DEFAULT_SIDE
     layout: dict[int, list[Box]] = {k: [d.box for d in full[k]] for k in range(len(groups))}
-    occupied = [d.box for ds in found.values() for d in ds]
+    occupied = [d.box for ds in found.values() for d in ds] + list(avoid)
     ops: list[EditOp] = []
 
     def wanted(k: int) -> bool:

@@ -21,6 +21,7 @@ from selfcorrect.diffusion.edits import (
     apply_edits,
     background_latent,
     compose,
+    salient_boxes,
     salient_patch,
 )
 from selfcorrect.diffusion.expected import Expected
@@ -340,3 +341,12 @@ def test_eval_loop_reports_before_and_after(tiny_world_pipeline, tmp_path, capsy
     assert result["command"].startswith("selfcorrect eval loop")
     assert path.with_suffix(".md").read_text().count("| before |") == 1
     assert path.with_name("loop_before_after.png").is_file()
+
+
+def test_salient_boxes_find_blobs():
+    latents = torch.zeros(4, 16, 16)
+    latents[:, 2:6, 3:7] = 5.0
+    latents[:, 10:13, 10:14] = -4.0
+    boxes = sorted(salient_boxes(latents))
+    assert boxes == [(3 / 16, 2 / 16, 7 / 16, 6 / 16), (10 / 16, 10 / 16, 14 / 16, 13 / 16)]
+    assert salient_boxes(torch.zeros(4, 16, 16)) == []

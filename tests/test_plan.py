@@ -131,3 +131,10 @@ def test_requirements_the_critic_passed_are_left_alone():
     assert [op.phrase for op in plan(e, {})] == ["red circle", "red circle", "blue square"]
     assert [op.phrase for op in plan(e, {}, failing={1})] == ["blue square"]
     assert plan(e, {}, failing=set()) == []
+
+
+def test_new_objects_avoid_undetected_things():
+    e = expected("a red circle")
+    thing = (0.0, 0.0, 0.6, 0.6)  # something the detector did not name
+    (op,) = plan(e, {}, avoid=[thing])
+    assert op.kind == "add" and iou(op.target, thing) == 0.0
