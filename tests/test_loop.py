@@ -350,3 +350,19 @@ def test_salient_boxes_find_blobs():
     boxes = sorted(salient_boxes(latents))
     assert boxes == [(3 / 16, 2 / 16, 7 / 16, 6 / 16), (10 / 16, 10 / 16, 14 / 16, 13 / 16)]
     assert salient_boxes(torch.zeros(4, 16, 16)) == []
+
+
+@pytest.mark.parametrize("build", ["tiny_sd_pipeline", "tiny_sdxl_pipeline"])
+def test_edits_run_on_sd_and_sdxl_pipelines(build):
+    from selfcorrect.diffusion import testing
+
+    sd = getattr(testing, build)()
+    size = sd.vae_scale_factor * sd.unet.config.sample_size
+    latents = torch.randn(4, size // sd.vae_scale_factor, size // sd.vae_scale_factor)
+    ops = [
+        EditOp("add", "a cat", target=(0.5, 0.5, 0.9, 0.9)),
+        EditOp("delete", "a dog", source=(0.0, 0.0, 0.3, 0.3)),
+    ]
+    edited = apply_edits(sd, latents, "a cat", ops, [ops[1].source], FAST, seed=0)
+    assert edited.latents.shape == latents.shape and torch.isfinite(edited.latents).all()
+    assert edited.image.size == (size, size) and edited.mask.any()
