@@ -92,7 +92,9 @@ def test_nan_latents_are_refused_and_nothing_is_saved(tiny_world_pipeline, tmp_p
         generate(pipe, ["a circle"], [0], steps=2, guidance=3.0, size=64)
     # Through the CLI: exit 2, one message, no image.
     monkeypatch.setattr("selfcorrect.diffusion.presets.load_pipeline", lambda *a, **k: _Loaded(pipe))
-    code, _, err = run(capsys, "generate", "a circle", "-o", tmp_path / "nan", "--steps", "2", "--rounds", "0")
+    code, _, err = run(
+        capsys, "generate", "a circle", "-o", tmp_path / "nan", "--steps", "2", "--rounds", "0"
+    )
     assert code == 2 and "NaN" in err and not (tmp_path / "nan" / "image.png").exists()
 
 
