@@ -39,12 +39,15 @@ class LoopConfig:
         gate_on_findings: plan only for requirements the critic found failing, when its verdict
             has one finding per requirement; otherwise plan from the detections alone.
         size: the first image's side in pixels (default: the pipeline's native resolution).
+        min_gain: an edit is kept only if it raises the critic's score by more than this; a
+            margin above 0 keeps a noisy critic from accepting edits it cannot tell apart.
     """
 
     rounds: int = 3
     edit: EditConfig = field(default_factory=EditConfig)
     gate_on_findings: bool = True
     size: int | None = None
+    min_gain: float = 0.0
 
 
 @dataclass
@@ -196,13 +199,13 @@ def correct(
         record["seed"] = round_seed
         record["edits"] = {"changed_latent_pixels": int(edited.mask.sum()), "objects": edited.objects}
 
-        # 6. Verify: re-score; keep the edit only if the critic's score went up.
+        # 6. Verify: re-score; keep the edit only if the critic's score went up (by min_gain).
         t = time.perf_counter()
         candidate = Candidate(edited.image, edited.latents, critic.critique(edited.image, prompt))
         timings["verify"] = time.perf_counter() - t
         trace.images.append(candidate.image)
         trace.scores.append(candidate.verdict.score)
-        accepted = candidate.score > current.score
+        accepted = candidate.score > current.score + config.min_gain
         record.update(
             score_before=current.verdict.score,
             score_after=candidate.verdict.score,

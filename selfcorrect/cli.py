@@ -112,6 +112,12 @@ def make_generate_parser(commands) -> None:
     p.add_argument(
         "--strength", type=float, default=None, help="how much of the schedule an edit re-runs (default: 0.5)"
     )
+    p.add_argument(
+        "--min-gain",
+        type=float,
+        default=0.0,
+        help="keep an edit only if the score rises by more (default: 0)",
+    )
     p.add_argument("--no-pairs", action="store_true", help="do not write preference pairs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar in batch mode")
     _add_pipeline_args(p)
@@ -141,6 +147,12 @@ def make_eval_parser(commands) -> None:
     p.add_argument("--detector", default="vlm", help="the loop's detector (default: vlm)")
     p.add_argument("--vlm", default=None, help="VLM for the critic and detector (default: the world VLM)")
     p.add_argument("--strength", type=float, default=None, help="edit strength (default: 0.5)")
+    p.add_argument(
+        "--min-gain",
+        type=float,
+        default=0.0,
+        help="keep an edit only if the score rises by more (default: 0)",
+    )
     p.add_argument(
         "--json", type=Path, default=None, help="write results here (+ .md and a _before_after.png)"
     )
@@ -342,7 +354,7 @@ def cmd_generate(args) -> int:
         detector=args.detector,
         vlm=args.vlm,
         controller=args.controller,
-        config=LoopConfig(rounds=args.rounds, edit=edit, size=size),
+        config=LoopConfig(rounds=args.rounds, edit=edit, size=size, min_gain=args.min_gain),
         device=args.device,
     )
     if args.prompts is not None:
@@ -448,7 +460,7 @@ def cmd_eval_loop(args) -> int:
         critic=args.critic,
         detector=args.detector,
         vlm=args.vlm,
-        config=LoopConfig(rounds=args.rounds, edit=edit, size=size),
+        config=LoopConfig(rounds=args.rounds, edit=edit, size=size, min_gain=args.min_gain),
         device=args.device,
     )
     result, examples = evaluate_loop(corrector, split=args.split, seeds=args.seeds, limit=args.limit)
