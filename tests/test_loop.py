@@ -366,3 +366,17 @@ def test_edits_run_on_sd_and_sdxl_pipelines(build):
     edited = apply_edits(sd, latents, "a cat", ops, [ops[1].source], FAST, seed=0)
     assert edited.latents.shape == latents.shape and torch.isfinite(edited.latents).all()
     assert edited.image.size == (size, size) and edited.mask.any()
+
+
+def test_min_gain_rolls_back_small_improvements(pipe):
+    prompt = "a red circle"
+    config = LoopConfig(rounds=1, edit=FAST, min_gain=0.05)
+    trace = correct(
+        pipe,
+        prompt,
+        expected=Expected.from_requirements(parse_prompt(prompt)),
+        detector=Blind(),
+        critic=ScriptedCritic([0.5, 0.54], requirements=1),
+        config=config,
+    )
+    assert trace.rounds[0]["accepted"] is False and trace.best == 0
