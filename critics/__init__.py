@@ -8,6 +8,9 @@ name            class                                 needs
 ``clip``         :class:`~.clip.ClipCritic`            an open_clip model (default: the world CLIP)
 ``lookback``     :class:`~.lookback.LookBackCritic`    a VLM (default: the world VLM); reasoning
                                                       chains (kind ``steps``), VISCO's LookBack
+``tldr``         :class:`~.tldr.TldrCritic`            a VLM and a token head (default: the world
+                                                      VLM and ``weights/tldr-head``); per-token
+                                                      rewards (kind ``tokens``), TLDR
 =============== ===================================== ========================================
 
 :data:`CRITICS` maps the CLI's names to builder functions that take keyword arguments; each loads
@@ -68,11 +71,21 @@ def build_lookback_critic(*, vlm=None, device: str = "cpu", **options):
     return LookBackCritic(_vlm(vlm, device), **options)
 
 
+def build_tldr_critic(*, head=None, vlm=None, device: str = "cpu", **options):
+    """:class:`~selfcorrect.critics.tldr.TldrCritic`: the head folder ``head`` (default: the shipped
+    ``selfcorrect/weights/tldr-head``) on ``vlm`` (default: the backbone its config names)."""
+    from selfcorrect.critics.tldr import TldrCritic
+
+    backbone = None if vlm is None else _vlm(vlm, device)
+    return TldrCritic.from_pretrained(head, vlm=backbone, device=device, **options)
+
+
 CRITICS = {
     "llava_critic": build_llava_critic,
     "vqa": build_vqa_critic,
     "clip": build_clip_critic,
     "lookback": build_lookback_critic,
+    "tldr": build_tldr_critic,
 }
 
 __all__ = [

@@ -14,8 +14,8 @@
 * rounds are bounded (``rounds``) and the trace records everything: per round the critique,
   detections, plan, edits, scores, seeds and timings.
 
-The oracle is never used here: the critic judges, the oracle only grades the outcome in
-``selfcorrect eval loop``.
+Only the critic judges here; the world's exam grader never runs in the loop (it grades the outcome
+in ``selfcorrect eval loop``, from ``selfcorrect.world``).
 """
 
 from __future__ import annotations

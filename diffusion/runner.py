@@ -29,6 +29,8 @@ from selfcorrect.diffusion.loop import Candidate, LoopConfig, correct, encode_im
 from selfcorrect.diffusion.outputs import append_pairs, slug, write_outputs
 from selfcorrect.errors import SelfcorrectError
 
+IMAGE_CRITICS = ("vqa", "llava_critic", "clip")  # the critics of selfcorrect.critics that judge images
+
 
 @dataclass
 class Corrector:
@@ -76,8 +78,8 @@ class Corrector:
         from selfcorrect.vision.detectors import load_detector
         from selfcorrect.vision.vlm import VLM, WORLD
 
-        if critic not in CRITICS or critic == "lookback":
-            names = ", ".join(n for n in CRITICS if n != "lookback")
+        if critic not in IMAGE_CRITICS:
+            names = ", ".join(IMAGE_CRITICS)
             raise SelfcorrectError(f"critic {critic!r} cannot judge images; choose one of {names}")
         shared = None
         if critic in ("vqa", "llava_critic") or detector == "vlm":
