@@ -56,7 +56,7 @@ class Corrector:
         cls,
         loaded,
         *,
-        critic: str = "vqa",
+        critic: str = "clip",
         detector: str = "vlm",
         vlm: str | None = None,
         controller: str | None = None,

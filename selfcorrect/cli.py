@@ -99,7 +99,11 @@ def make_generate_parser(commands) -> None:
     p.add_argument("--seeds", type=int, default=1, help="batch mode: seeds per prompt (default: 1)")
     p.add_argument("--rounds", type=int, default=3, help="correction rounds (default: 3; 0: generate only)")
     p.add_argument("--input", type=Path, default=None, help="correct this image instead of generating one")
-    p.add_argument("--critic", default="vqa", help="vqa (default), llava_critic or clip")
+    p.add_argument(
+        "--critic",
+        default="clip",
+        help="clip (default: the best ranker in eval critics), vqa or llava_critic",
+    )
     p.add_argument(
         "--detector", default="vlm", help="vlm (default: the VLM's grounding), owlv2 or an OWLv2 checkpoint"
     )
@@ -143,7 +147,7 @@ def make_eval_parser(commands) -> None:
     p.add_argument("--seeds", type=int, default=4, help="images per prompt (default: 4)")
     p.add_argument("--limit", type=int, default=None, help="at most N prompts per category")
     p.add_argument("--rounds", type=int, default=3, help="correction rounds (default: 3)")
-    p.add_argument("--critic", default="vqa", help="the critic driving the loop (default: vqa)")
+    p.add_argument("--critic", default="clip", help="the critic driving the loop (default: clip)")
     p.add_argument("--detector", default="vlm", help="the loop's detector (default: vlm)")
     p.add_argument("--vlm", default=None, help="VLM for the critic and detector (default: the world VLM)")
     p.add_argument("--strength", type=float, default=None, help="edit strength (default: 0.5)")

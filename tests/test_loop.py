@@ -194,7 +194,7 @@ def test_generate_corrects_and_writes_everything(tiny_world_pipeline, tmp_path, 
     )
     assert code == 0, err
     record = json.loads((out / "trace.json").read_text())
-    assert record["critic"] == "vqa" and record["detector"] == "vlm" and record["attention"] == "sdpa"
+    assert record["critic"] == "clip" and record["detector"] == "vlm" and record["attention"] == "sdpa"
     assert record["expected"]["objects"][0] == {
         "noun": "circle",
         "attributes": ["red"],
@@ -202,7 +202,7 @@ def test_generate_corrects_and_writes_everything(tiny_world_pipeline, tmp_path, 
         "exact": False,
     }
     assert len(record["scores"]) >= 1 and (out / "rounds.png").is_file() and (out / "image.png").is_file()
-    assert "critic vqa scores" in stdout
+    assert "critic clip scores" in stdout
     # Correct a given image.
     code, _, err = run_cli(
         capsys,
