@@ -242,7 +242,8 @@ def save_head(
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().float().cpu().contiguous() for k, v in head.state_dict().items()}
+    # fp16 like every shipped weight (DESIGN.md); load_head copies it into the float32 head.
+    state = {k: v.detach().half().cpu().contiguous() for k, v in head.state_dict().items()}
     save_file(state, str(path / WEIGHTS_NAME), metadata={"format": FORMAT})
     config = {
         "format": FORMAT,
