@@ -57,7 +57,7 @@ class Corrector:
         loaded,
         *,
         critic: str = "clip",
-        detector: str = "vlm",
+        detector: str = "clip-proposals",
         vlm: str | None = None,
         controller: str | None = None,
         config: LoopConfig | None = None,
@@ -85,7 +85,7 @@ class Corrector:
         if critic in ("vqa", "llava_critic") or detector == "vlm":
             shared = VLM.from_pretrained(vlm or WORLD, device=device)
         built_critic = CRITICS[critic](device=device) if critic == "clip" else CRITICS[critic](vlm=shared)
-        built_detector = load_detector(detector, vlm=shared, device=device)
+        built_detector = load_detector(detector, vlm=shared if detector == "vlm" else None, device=device)
         if controller:
             from selfcorrect.diffusion.controller import Controller
 

@@ -304,10 +304,31 @@ def test_owlv2_errors(owlv2_path, tmp_path, monkeypatch):
 
 
 def test_load_detector_names():
-    assert set(DETECTORS) == {"vlm", "owlv2"}
+    assert set(DETECTORS) == {"vlm", "owlv2", "clip-proposals"}
     with pytest.raises(SelfcorrectError, match="unknown detector 'yolo'; choose one of vlm, owlv2"):
         load_detector("yolo")
     with pytest.raises(DetectorInputError, match="only used by the 'vlm' detector"):
         load_detector("owlv2", vlm=object())
     fake = FakeVLM({})
     assert load_detector("vlm", vlm=fake).vlm is fake
+
+
+def test_clip_proposals_find_and_label_rendered_objects():
+    from selfcorrect.vision.detectors import load_detector
+    from selfcorrect.world.render import render
+    from selfcorrect.world.scene import Scene, WorldObject
+
+    scene = Scene(
+        (
+            WorldObject("circle", "red", "large", (0.1, 0.1, 0.4, 0.4)),
+            WorldObject("square", "blue", "large", (0.6, 0.55, 0.9, 0.85)),
+        )
+    )
+    detector = load_detector("clip-proposals")
+    found = detector.detect(render(scene), ["red circle", "circle", "blue square", "green triangle"])
+    assert len(found["red circle"]) == 1 and len(found["circle"]) == 1 and found["green triangle"] == []
+    (square,) = found["blue square"]
+    assert all(abs(a - b) < 0.05 for a, b in zip(square.box, (0.6, 0.55, 0.9, 0.85)))
+    assert 0 < square.score <= 1
+    blank = detector.detect(render(Scene(())), ["red circle"])
+    assert blank == {"red circle": []}

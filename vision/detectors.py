@@ -517,6 +517,113 @@ def _check_inputs(images, phrases_per_image) -> tuple[list, list[list[str]]]:
 # ---------------------------------------------------------------------------------- registry
 
 
+# ------------------------------------------------------------------------ proposals + CLIP
+
+
+class ProposalClipDetector:
+    """Class-agnostic proposals on a plain background, labelled zero-shot by a CLIP.
+
+    The R-CNN recipe with CLIP as the classifier: (1) *proposals* are the connected regions whose
+    colour stands out from the background (the median colour of the image border) by more than
+    ``contrast`` (0-255) and ``share`` of the strongest contrast; (2) each is cut out, centred on
+    a background-coloured square ``pad`` times its size (so that it looks like a one-object
+    image) and (3) labelled with the most similar of ``labels`` (``"a photo of a {label}"``). A
+    phrase is found where the label holds every word of the phrase that the label vocabulary
+    knows (``"small red circle"`` matches the label ``"red circle"``; ``"circle"`` matches every
+    circle). The score is the label's softmax probability over ``labels``.
+
+    It suits images with a plain background (the embedded world, product shots, diagrams); on
+    cluttered photographs use :class:`Owlv2Detector`. Measured on 41 objects of world
+    text-to-image images against the world oracle, the world CLIP labels 98% of them right (shape
+    100%, colour 98%).
+
+    Args:
+        model, preprocess, tokenizer: an open_clip model (:func:`selfcorrect.vision.clip.load_world_clip`).
+        labels: the closed label set, e.g. every ``"{colour} {shape}"``.
+        contrast, share: the proposal thresholds; min_pixels: smaller regions are noise.
+        pad: the cut-out's side relative to the object's larger side.
+    """
+
+    name = "clip-proposals"
+
+    def __init__(
+        self,
+        model,
+        preprocess,
+        tokenizer,
+        labels: Sequence[str],
+        *,
+        contrast: float = 40.0,
+        share: float = 0.3,
+        min_pixels: int = 9,
+        pad: float = 2.5,
+    ):
+        if not labels:
+            raise DetectorInputError("the label set is empty")
+        self.model, self.preprocess, self.tokenizer = model, preprocess, tokenizer
+        self.labels = [str(label).strip().lower() for label in labels]
+        self.vocabulary = {w for label in self.labels for w in label.split()}
+        self.contrast, self.share, self.min_pixels, self.pad = contrast, share, min_pixels, pad
+        self._text = None
+
+    def __repr__(self) -> str:
+        return f"ProposalClipDetector({len(self.labels)} labels)"
+
+    def proposals(self, image) -> tuple[list[tuple[int, int, int, int]], tuple[int, int, int]]:
+        """Pixel boxes ``(x0, y0, x1, y1)`` of the regions that stand out, and the background colour."""
+        import numpy as np
+        from scipy import ndimage
+
+        pixels = np.asarray(image.convert("RGB")).astype(np.float32)  # (H, W, 3)
+        border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+        background = np.median(border, axis=0)
+        distance = np.abs(pixels - background).max(axis=-1)  # (H, W)
+        mask = distance > max(self.contrast, self.share * float(distance.max()))
+        labels, _ = ndimage.label(mask)
+        boxes = []
+        for rows, cols in ndimage.find_objects(labels):
+            if (rows.stop - rows.start) * (cols.stop - cols.start) >= self.min_pixels:
+                boxes.append((cols.start, rows.start, cols.stop, rows.stop))
+        return boxes, tuple(int(v) for v in background)
+
+    def detect(self, image, phrases: Sequence[str]) -> dict[str, list[Detection]]:
+        return self.detect_many([image], [phrases])[0]
+
+    def detect_many(self, images, phrases_per_image) -> list[dict[str, list[Detection]]]:
+        import torch
+        from PIL import Image
+
+        from selfcorrect.vision.clip import encode_images, encode_texts
+
+        images, phrases_per_image = _check_inputs(images, phrases_per_image)
+        if self._text is None:
+            self._text = encode_texts(self.model, self.tokenizer, [f"a photo of a {x}" for x in self.labels])
+        results = []
+        for image, phrases in zip(images, phrases_per_image):
+            boxes, background = self.proposals(image)
+            crops = []
+            for x0, y0, x1, y1 in boxes:
+                side = int(max(x1 - x0, y1 - y0) * self.pad) + 2
+                canvas = Image.new("RGB", (side, side), background)
+                canvas.paste(image.crop((x0, y0, x1, y1)), ((side - (x1 - x0)) // 2, (side - (y1 - y0)) // 2))
+                crops.append(canvas)
+            found: dict[str, list[Detection]] = {p: [] for p in phrases}
+            if crops:
+                logits = 100.0 * encode_images(self.model, self.preprocess, crops) @ self._text.T  # (N, L)
+                probs = torch.softmax(logits.float(), dim=-1)
+                score, best = probs.max(dim=-1)
+                width, height = image.size
+                for box, k, p in zip(boxes, best.tolist(), score.tolist()):
+                    words = set(self.labels[k].split())
+                    norm = (box[0] / width, box[1] / height, box[2] / width, box[3] / height)
+                    for phrase in phrases:
+                        known = {w for w in phrase.lower().split() if w in self.vocabulary}
+                        if known and known <= words:
+                            found[phrase].append(Detection(phrase, norm, round(min(1.0, p), 6)))
+            results.append({p: sorted(d, key=lambda x: -x.score) for p, d in found.items()})
+        return results
+
+
 def build_vlm_detector(*, vlm=None, device: str = "cpu", **options) -> VLMGroundingDetector:
     """:class:`VLMGroundingDetector`; ``vlm`` a VLM object, a model id / folder, or None for the
     world VLM; other options go to the class (``max_new_tokens=``, ``batch_size=``, ...)."""
@@ -535,15 +642,36 @@ def build_owlv2_detector(
     return Owlv2Detector.from_pretrained(source, dtype=dtype, device=device, **options)
 
 
-DETECTORS = {"vlm": build_vlm_detector, "owlv2": build_owlv2_detector}
+def build_clip_proposal_detector(
+    *, clip=None, labels=None, device: str = "cpu", **options
+) -> ProposalClipDetector:
+    """:class:`ProposalClipDetector`; ``clip`` a ``(model, preprocess, tokenizer)`` triple, an
+    open_clip folder or None for the world CLIP; ``labels`` default to the world's every
+    ``"{colour} {shape}"``."""
+    from selfcorrect.vision.clip import load_world_clip
+
+    if clip is None or isinstance(clip, str) or hasattr(clip, "__fspath__"):
+        clip = load_world_clip(clip, device=device)
+    if labels is None:
+        from selfcorrect.world.scene import COLOURS, SHAPES
+
+        labels = [f"{c} {s}" for c in COLOURS for s in SHAPES]
+    return ProposalClipDetector(*clip, labels, **options)
+
+
+DETECTORS = {
+    "vlm": build_vlm_detector,
+    "owlv2": build_owlv2_detector,
+    "clip-proposals": build_clip_proposal_detector,
+}
 
 
 def load_detector(name: str = "vlm", *, vlm=None, device: str = "cpu", **options) -> Detector:
     """A detector by short name, or an OWLv2 checkpoint by hub id or folder.
 
     Args:
-        name: ``"vlm"`` (:class:`VLMGroundingDetector`), ``"owlv2"`` (:data:`DEFAULT_OWLV2`), or a
-            hub id (``owner/name``) or local folder of an OWLv2 checkpoint.
+        name: ``"vlm"`` (:class:`VLMGroundingDetector`), ``"owlv2"`` (:data:`DEFAULT_OWLV2`),
+            ``"clip-proposals"`` (:class:`ProposalClipDetector`, the world CLIP), or a hub id (``owner/name``) or local folder of an OWLv2 checkpoint.
         vlm: for ``"vlm"``: a VLM object, a VLM id / folder, or None for the world VLM.
         device: where the model runs.
         **options: passed to the detector class (``threshold=``, ``max_new_tokens=``, ...).
