@@ -194,7 +194,11 @@ def test_generate_corrects_and_writes_everything(tiny_world_pipeline, tmp_path, 
     )
     assert code == 0, err
     record = json.loads((out / "trace.json").read_text())
-    assert record["critic"] == "clip" and record["detector"] == "clip-proposals" and record["attention"] == "sdpa"
+    assert (
+        record["critic"] == "clip"
+        and record["detector"] == "clip-proposals"
+        and record["attention"] == "sdpa"
+    )
     assert record["expected"]["objects"][0] == {
         "noun": "circle",
         "attributes": ["red"],
