@@ -400,10 +400,10 @@ class ChatGenerator:
             ModelFormatError,
             first_line,
             load_checkpoint_config,
+            load_weights,
             locate_checkpoint,
             resolve_device,
             resolve_dtype,
-            weights_error,
         )
 
         if str(source) == WORLD:
@@ -415,26 +415,16 @@ class ChatGenerator:
         torch_dtype = resolve_dtype(dtype, torch_device)
         location = locate_checkpoint(source)
         config = load_checkpoint_config(location, source, trust_remote_code)
-        try:
-            model, info = transformers.AutoModelForCausalLM.from_pretrained(
-                location,
-                config=config,
-                dtype=torch_dtype,
-                use_safetensors=True,
-                trust_remote_code=trust_remote_code,
-                output_loading_info=True,
-                device_map=str(torch_device),
-            )
-        except OSError as e:
-            raise weights_error(location, source, e) from None
-        except ValueError as e:
-            raise ModelFormatError(f"{source} is not a causal language model: {first_line(e)}") from None
-        if info["missing_keys"]:
-            missing = sorted(info["missing_keys"])
-            raise ModelFormatError(
-                f"{source}: the weights do not match {type(model).__name__}; {len(missing)} tensors are "
-                f"missing (e.g. {missing[0]})"
-            )
+        model = load_weights(
+            transformers.AutoModelForCausalLM,
+            location,
+            source,
+            config,
+            dtype=torch_dtype,
+            device=torch_device,
+            trust_remote_code=trust_remote_code,
+            kind="a causal language model",
+        )
         try:
             tokenizer = transformers.AutoTokenizer.from_pretrained(
                 location, trust_remote_code=trust_remote_code

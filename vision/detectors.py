@@ -318,10 +318,10 @@ class Owlv2Detector:
             ModelFormatError,
             first_line,
             load_checkpoint_config,
+            load_weights,
             locate_checkpoint,
             resolve_device,
             resolve_dtype,
-            weights_error,
         )
 
         device = resolve_device(device)
@@ -330,23 +330,9 @@ class Owlv2Detector:
         config = load_checkpoint_config(location, source, False)
         if config.model_type != "owlv2":
             raise ModelFormatError(f"{source} is a {config.model_type!r} checkpoint, not an OWLv2 detector")
-        try:
-            model, info = transformers.Owlv2ForObjectDetection.from_pretrained(
-                location,
-                config=config,
-                dtype=torch_dtype,
-                use_safetensors=True,
-                output_loading_info=True,
-                device_map=str(device),
-            )
-        except OSError as e:
-            raise weights_error(location, source, e) from None
-        if info["missing_keys"]:
-            missing = sorted(info["missing_keys"])
-            raise ModelFormatError(
-                f"{source}: the weights do not match Owlv2ForObjectDetection; {len(missing)} tensors are "
-                f"missing (e.g. {missing[0]})"
-            )
+        model = load_weights(
+            transformers.Owlv2ForObjectDetection, location, source, config, dtype=torch_dtype, device=device
+        )
         try:
             processor = transformers.Owlv2Processor.from_pretrained(location)
         except (OSError, ValueError, TypeError) as e:

@@ -274,27 +274,18 @@ class VLM:
             raise ModelFormatError(f"{source} is a {config.model_type!r} checkpoint, not {family!r}")
         model_class = getattr(transformers, FAMILIES[family])
         options = {"attn_implementation": attn_implementation} if attn_implementation else {}
-        try:
-            model, info = model_class.from_pretrained(
-                location,
-                config=config,
-                dtype=torch_dtype,
-                use_safetensors=True,
-                trust_remote_code=trust_remote_code,
-                output_loading_info=True,
-                device_map=str(device),  # straight onto the device, no CPU copy of a 7B model first
-                **options,
-            )
-        except OSError as e:
-            raise weights_error(location, source, e) from None
-        except ValueError as e:
-            raise ModelFormatError(f"{source} is not an image-text-to-text model: {first_line(e)}") from None
-        if info["missing_keys"]:
-            missing = sorted(info["missing_keys"])
-            raise ModelFormatError(
-                f"{source}: the weights do not match {type(model).__name__}; {len(missing)} tensors are "
-                f"missing (e.g. {missing[0]}). Is it a checkpoint of another format?"
-            )
+        model = load_weights(
+            model_class,
+            location,
+            source,
+            config,
+            dtype=torch_dtype,
+            device=device,
+            trust_remote_code=trust_remote_code,
+            kind="an image-text-to-text model",
+            hint=". Is it a checkpoint of another format?",
+            **options,
+        )
         try:
             processor = transformers.AutoProcessor.from_pretrained(
                 location, trust_remote_code=trust_remote_code
@@ -834,6 +825,62 @@ def _not_found(source, error: Exception) -> ModelNotFoundError:
         f"cannot be reached ({first_line(error)}). Check the id, or download it with "
         f"`hf download {source}` and pass the folder"
     )
+
+
+def load_weights(
+    model_class,
+    location: str,
+    source,
+    config,
+    *,
+    dtype,
+    device,
+    trust_remote_code: bool = False,
+    kind: str | None = None,
+    hint: str = "",
+    **options,
+):
+    """``model_class.from_pretrained`` with selfcorrect's loading rules and errors.
+
+    safetensors only, straight onto ``device`` (no CPU copy of a large model first), and a
+    checkpoint whose tensors do not all fit the class is refused instead of left half random.
+    Shared by the VLM, the detectors and the controller.
+
+    Args:
+        model_class: a transformers model class.
+        location, source, config: from :func:`locate_checkpoint` and :func:`load_checkpoint_config`.
+        kind: what the model should be (``"a causal language model"``); when given, a
+            ``ValueError`` from transformers becomes a :class:`ModelFormatError` saying so.
+        hint: appended to the missing-tensors message.
+        **options: more ``from_pretrained`` keyword arguments.
+
+    Raises:
+        ModelNotFoundError, ModelFormatError: see :func:`weights_error`; missing tensors.
+    """
+    try:
+        model, info = model_class.from_pretrained(
+            location,
+            config=config,
+            dtype=dtype,
+            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+            output_loading_info=True,
+            device_map=str(device),
+            **options,
+        )
+    except OSError as e:
+        raise weights_error(location, source, e) from None
+    except ValueError as e:
+        if kind is None:
+            raise
+        raise ModelFormatError(f"{source} is not {kind}: {first_line(e)}") from None
+    if info["missing_keys"]:
+        missing = sorted(info["missing_keys"])
+        raise ModelFormatError(
+            f"{source}: the weights do not match {type(model).__name__}; {len(missing)} tensors are "
+            f"missing (e.g. {missing[0]}){hint}"
+        )
+    return model
 
 
 def weights_error(location: str, source, error: OSError) -> SelfcorrectError:
