@@ -494,10 +494,48 @@ def cmd_eval_loop(args) -> int:
     return 0
 
 
+def _world_generator(source, device: str):
+    """``(generate_fn, record)``: ``generate_fn(prompts, seeds) -> images`` with the world preset's
+    defaults (loaded once), for the evals that ask about generated images."""
+    from selfcorrect.diffusion.generate import generate
+    from selfcorrect.diffusion.presets import load_pipeline
+
+    loaded = load_pipeline("world", source, device=device)
+    d = loaded.defaults
+
+    def generate_fn(prompts, seeds):
+        out = generate(
+            loaded.pipeline,
+            prompts,
+            seeds,
+            steps=d.num_inference_steps,
+            guidance=d.guidance_scale,
+            size=d.resolution,
+            batch_size=32,
+        )
+        return [g.image for g in out]
+
+    return generate_fn, _pipeline_record(loaded, d.num_inference_steps, d.guidance_scale, d.resolution)
+
+
+def _optional_clip(path, device: str):
+    """``(clip, note)``: the open_clip model at ``path``, or the world CLIP; a missing world CLIP is
+    skipped with a note (an explicitly asked-for one is an error)."""
+    from selfcorrect.vision.clip import load_world_clip
+    from selfcorrect.vision.vlm import ModelNotFoundError
+
+    try:
+        return load_world_clip(path, device=device), None
+    except ModelNotFoundError as e:
+        if path is not None:  # asked for explicitly: an error, not a skip
+            raise
+        print(f"selfcorrect: skipping CLIP: {e}", file=sys.stderr)
+        return None, str(e)
+
+
 def cmd_eval_vlm(args) -> int:
     from selfcorrect.io import write_json, write_text
-    from selfcorrect.vision.clip import load_world_clip
-    from selfcorrect.vision.vlm import VLM, ModelNotFoundError
+    from selfcorrect.vision.vlm import VLM
     from selfcorrect.world.conversations import SPLIT_SEEDS
     from selfcorrect.world.vlm_eval import evaluate_vlm, markdown_table
 
@@ -513,34 +551,8 @@ def cmd_eval_vlm(args) -> int:
             raise SelfcorrectError(f"--{name} must be at least 0, got {getattr(args, name)}")
     # Load everything before the long loops, so a missing model fails in seconds.
     vlm = VLM.from_pretrained(args.model, device=args.device)
-    clip, clip_note = None, None
-    try:
-        clip = load_world_clip(args.clip, device=args.device)
-    except ModelNotFoundError as e:
-        if args.clip is not None:  # asked for explicitly: an error, not a skip
-            raise
-        clip_note = str(e)
-        print(f"selfcorrect: skipping CLIP: {clip_note}", file=sys.stderr)
-    generate_fn, t2i = None, None
-    if args.generated:
-        from selfcorrect.diffusion.generate import generate
-        from selfcorrect.diffusion.presets import load_pipeline
-
-        loaded = load_pipeline("world", args.t2i_source, device=args.device)
-        d = loaded.defaults
-        t2i = _pipeline_record(loaded, d.num_inference_steps, d.guidance_scale, d.resolution)
-
-        def generate_fn(prompts, seeds):
-            out = generate(
-                loaded.pipeline,
-                prompts,
-                seeds,
-                steps=d.num_inference_steps,
-                guidance=d.guidance_scale,
-                size=d.resolution,
-                batch_size=32,
-            )
-            return [g.image for g in out]
+    clip, clip_note = _optional_clip(args.clip, args.device)
+    generate_fn, t2i = _world_generator(args.t2i_source, args.device) if args.generated else (None, None)
 
     result = evaluate_vlm(
         vlm,
@@ -581,7 +593,7 @@ EVAL_CRITICS = ("llava_critic", "vqa", "clip", "lookback", "tldr")  # what `eval
 def cmd_eval_critics(args) -> int:
     from selfcorrect.critics import CRITICS
     from selfcorrect.io import write_json, write_text
-    from selfcorrect.vision.vlm import VLM, ModelNotFoundError
+    from selfcorrect.vision.vlm import VLM
     from selfcorrect.world.critic_eval import GENERATE, LOGPROB, SPLITS, load_tldr, markdown_report, run
 
     # 1. Check everything cheap before loading a model.
@@ -612,16 +624,11 @@ def cmd_eval_critics(args) -> int:
     if "vqa" in wanted:
         critics["vqa"] = CRITICS["vqa"](vlm=vlm, batch_size=args.batch_size)
     if "clip" in wanted:
-        from selfcorrect.vision.clip import load_world_clip
-
-        try:
-            clip = load_world_clip(args.clip, device=args.device)
+        clip, note = _optional_clip(args.clip, args.device)
+        if clip is None:
+            notes["clip"] = note
+        else:
             critics["clip"] = CRITICS["clip"](clip=clip, batch_size=max(args.batch_size, 64))
-        except ModelNotFoundError as e:
-            if args.clip is not None:  # asked for explicitly: an error, not a skip
-                raise
-            notes["clip"] = str(e)
-            print(f"selfcorrect: skipping CLIP: {e}", file=sys.stderr)
     step_critic = None
     if "lookback" in wanted:
         step_critic = CRITICS["lookback"](vlm=vlm, batch_size=args.batch_size, **generating)
@@ -630,26 +637,7 @@ def cmd_eval_critics(args) -> int:
         tldr, tldr_note = load_tldr(args.device)
         if tldr is None:
             print(f"selfcorrect: skipping TLDR: {tldr_note}", file=sys.stderr)
-    generate_fn, t2i = None, None
-    if args.seeds:
-        from selfcorrect.diffusion.generate import generate
-        from selfcorrect.diffusion.presets import load_pipeline
-
-        loaded = load_pipeline("world", args.t2i_source, device=args.device)
-        d = loaded.defaults
-        t2i = _pipeline_record(loaded, d.num_inference_steps, d.guidance_scale, d.resolution)
-
-        def generate_fn(prompts, seeds):
-            out = generate(
-                loaded.pipeline,
-                prompts,
-                seeds,
-                steps=d.num_inference_steps,
-                guidance=d.guidance_scale,
-                size=d.resolution,
-                batch_size=32,
-            )
-            return [g.image for g in out]
+    generate_fn, t2i = _world_generator(args.t2i_source, args.device) if args.seeds else (None, None)
 
     # 3. Measure.
     result = run(
