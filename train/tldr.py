@@ -60,6 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from selfcorrect.errors import SelfcorrectError
+from selfcorrect.train.world_t2i import training_parser
 
 logger = logging.getLogger(__name__)
 
@@ -143,32 +144,19 @@ PROFILES: dict[str, TldrConfig] = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument(
-        "--profile", choices=sorted(PROFILES), default="cpu", help="size and schedule preset (default: cpu)"
-    )
-    p.add_argument(
-        "--output-dir", type=Path, required=True, help="features, checkpoints and OUTPUT_DIR/head go here"
-    )
+    p = training_parser(__doc__, PROFILES, "features, checkpoints and OUTPUT_DIR/head go here", 1000)
     p.add_argument(
         "--backbone",
         default="world",
         help="the frozen VLM: 'world' (default), a hub id or a folder; written into the head's config",
     )
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-pairs", type=int, default=None, help="override the profile's training pairs")
     p.add_argument("--steps", type=int, default=None, help="override the profile's head training steps")
     p.add_argument("--features", default=None, help="hidden or hidden+logprob (default: the profile's)")
     p.add_argument("--mlp", type=int, default=None, help="head hidden width; 0 for a linear head")
     p.add_argument(
-        "--checkpoint-every", type=int, default=1000, help="steps between checkpoints (default: 1000)"
-    )
-    p.add_argument(
         "--correction-examples", type=int, default=None, help="greedy captions corrected at the end"
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
 

@@ -119,20 +119,31 @@ PROFILES: dict[str, T2IConfig] = {
 }
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def training_parser(
+    doc: str, profiles: dict, output_help: str, checkpoint_every: int
+) -> argparse.ArgumentParser:
+    """The flags every training script shares: ``--profile``, ``--output-dir``, ``--seed``,
+    ``--checkpoint-every``, ``--no-progress``; each script adds its own."""
     p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument(
-        "--profile", choices=sorted(PROFILES), default="cpu", help="size and schedule preset (default: cpu)"
+        "--profile", choices=sorted(profiles), default="cpu", help="size and schedule preset (default: cpu)"
     )
-    p.add_argument(
-        "--output-dir",
-        type=Path,
-        required=True,
-        help="checkpoints go here; the pipeline in OUTPUT_DIR/pipeline",
-    )
+    p.add_argument("--output-dir", type=Path, required=True, help=output_help)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=checkpoint_every,
+        help=f"steps between checkpoints (default: {checkpoint_every})",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = training_parser(__doc__, PROFILES, "checkpoints go here; the pipeline in OUTPUT_DIR/pipeline", 500)
     p.add_argument(
         "--unet-steps",
         type=int,
@@ -142,11 +153,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vae-steps", type=int, default=None, help="override the profile's VAE steps")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--latent-cache", type=int, default=None, help="override the profile's latent cache size")
-    p.add_argument(
-        "--checkpoint-every", type=int, default=500, help="steps between checkpoints (default: 500)"
-    )
     p.add_argument("--num-workers", type=int, default=0, help="data loader worker processes")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
 

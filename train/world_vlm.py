@@ -53,7 +53,7 @@ from pathlib import Path
 
 from selfcorrect.errors import SelfcorrectError
 from selfcorrect.train.generated_pool import load_pool
-from selfcorrect.train.world_t2i import CANVAS, resume, save_checkpoint
+from selfcorrect.train.world_t2i import CANVAS, resume, save_checkpoint, training_parser
 
 logger = logging.getLogger(__name__)
 
@@ -186,21 +186,9 @@ PROFILES: dict[str, VLMConfig] = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument(
-        "--profile", choices=sorted(PROFILES), default="cpu", help="size and schedule preset (default: cpu)"
-    )
-    p.add_argument(
-        "--output-dir", type=Path, required=True, help="checkpoints go here; the model in OUTPUT_DIR/model"
-    )
-    p.add_argument("--seed", type=int, default=0)
+    p = training_parser(__doc__, PROFILES, "checkpoints go here; the model in OUTPUT_DIR/model", 250)
     p.add_argument("--steps", type=int, default=None, help="override the profile's steps (to train longer)")
     p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument(
-        "--checkpoint-every", type=int, default=250, help="steps between checkpoints (default: 250)"
-    )
     p.add_argument(
         "--num-workers", type=int, default=None, help="data loader processes (default: the profile's)"
     )
@@ -218,7 +206,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "its width, depth and patch size must match the profile's",
     )
     p.add_argument("--eval-turns", type=int, default=None, help="held-out answers checked at the end")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
 
