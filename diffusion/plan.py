@@ -24,7 +24,6 @@ distance from everything already there, so the same input always gives the same 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from selfcorrect.diffusion.edits import Box, EditOp
 from selfcorrect.diffusion.expected import Expected
@@ -32,14 +31,6 @@ from selfcorrect.vision.detectors import box_iou as iou
 
 DEFAULT_SIDE = 0.25  # side of a placed object when nothing of its kind was detected
 GRID = 21  # candidate centres per axis
-
-
-@dataclass(frozen=True)
-class Detected:
-    """What the planner needs of a detection: its box and confidence (any detector's type fits)."""
-
-    box: Box
-    score: float = 1.0
 
 
 def holds(a: Box, relation: str, b: Box) -> bool:

@@ -3,7 +3,8 @@
 import pytest
 
 from selfcorrect.diffusion.expected import Expected, ExpectedObject, ExpectedRelation, ExpectedSchemaError
-from selfcorrect.diffusion.plan import Detected, free_box, holds, iou, plan, queries
+from selfcorrect.diffusion.plan import free_box, holds, iou, plan, queries
+from selfcorrect.vision.detectors import Detection
 from selfcorrect.world.grammar import parse_prompt
 
 
@@ -78,15 +79,15 @@ def test_free_box_avoids_objects_and_obeys_constraints():
 
 def test_missing_objects_are_added_and_extras_deleted():
     e = expected("two red circles")
-    one = {"red circle": [Detected((0.1, 0.1, 0.3, 0.3))]}
+    one = {"red circle": [Detection("x", (0.1, 0.1, 0.3, 0.3), 1.0)]}
     ops = plan(e, one)
     assert [op.kind for op in ops] == ["add"]
     assert iou(ops[0].target, (0.1, 0.1, 0.3, 0.3)) == 0.0 and ops[0].phrase == "red circle"
     three = {
         "red circle": [
-            Detected((0.1, 0.1, 0.3, 0.3), 0.9),
-            Detected((0.5, 0.5, 0.7, 0.7), 0.4),
-            Detected((0.7, 0.1, 0.9, 0.3), 0.8),
+            Detection("x", (0.1, 0.1, 0.3, 0.3), 0.9),
+            Detection("x", (0.5, 0.5, 0.7, 0.7), 0.4),
+            Detection("x", (0.7, 0.1, 0.9, 0.3), 0.8),
         ]
     }
     ops = plan(e, three)
@@ -96,7 +97,7 @@ def test_missing_objects_are_added_and_extras_deleted():
 
 def test_wrong_colour_is_recoloured_not_added():
     e = expected("a red circle")
-    blue = Detected((0.2, 0.2, 0.4, 0.4))
+    blue = Detection("x", (0.2, 0.2, 0.4, 0.4), 1.0)
     ops = plan(e, {"red circle": [], "circle": [blue]})
     assert [(op.kind, op.phrase, op.source, op.target) for op in ops] == [
         ("recolour", "red circle", blue.box, blue.box)
@@ -108,8 +109,10 @@ def test_wrong_colour_is_recoloured_not_added():
 
 def test_negation_deletes_every_instance():
     e = expected("a photo of a red square and no circles")
-    circles = [Detected((0.1, 0.1, 0.3, 0.3)), Detected((0.6, 0.6, 0.8, 0.8))]
-    ops = plan(e, {"red square": [Detected((0.4, 0.1, 0.6, 0.3))], "circles": [], "circle": circles})
+    circles = [Detection("x", (0.1, 0.1, 0.3, 0.3), 1.0), Detection("x", (0.6, 0.6, 0.8, 0.8), 1.0)]
+    ops = plan(
+        e, {"red square": [Detection("x", (0.4, 0.1, 0.6, 0.3), 1.0)], "circles": [], "circle": circles}
+    )
     assert sorted(op.kind for op in ops) == ["delete", "delete"]
     assert {op.source for op in ops} == {d.box for d in circles}
 
@@ -117,7 +120,9 @@ def test_negation_deletes_every_instance():
 def test_broken_relation_moves_the_subject_and_additions_respect_relations():
     e = expected("a blue square left of a green triangle")
     square, triangle = (0.7, 0.4, 0.9, 0.6), (0.2, 0.4, 0.4, 0.6)
-    ops = plan(e, {"blue square": [Detected(square)], "green triangle": [Detected(triangle)]})
+    ops = plan(
+        e, {"blue square": [Detection("x", square, 1.0)], "green triangle": [Detection("x", triangle, 1.0)]}
+    )
     assert [op.kind for op in ops] == ["move"] and ops[0].source == square
     assert holds(ops[0].target, "left of", triangle)
     # Nothing detected: both are added, and placed so that the relation holds.
