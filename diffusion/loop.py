@@ -158,7 +158,8 @@ def correct(
 
     for r in range(1, config.rounds + 1):
         timings: dict[str, float] = {}
-        record: dict[str, Any] = {"round": r, "critique": current.verdict.to_dict()}
+        # "input": index into trace.images of the image this round starts from (and judges).
+        record: dict[str, Any] = {"round": r, "input": trace.best, "critique": current.verdict.to_dict()}
 
         # 1. Expected: given (``expected``), the same every round.
         # 2. Critique the current image: the verdict of the image this round starts from
@@ -204,6 +205,7 @@ def correct(
         candidate = Candidate(edited.image, edited.latents, critic.critique(edited.image, prompt))
         timings["verify"] = time.perf_counter() - t
         trace.images.append(candidate.image)
+        record["image"] = len(trace.images) - 1  # the edited image's index
         trace.scores.append(candidate.verdict.score)
         accepted = candidate.score > current.score + config.min_gain
         record.update(
@@ -216,7 +218,7 @@ def correct(
         trace.rounds.append(record)
         if accepted:
             current = candidate
-            trace.best = len(trace.images) - 1
+            trace.best = record["image"]
     else:
         if current.verdict.passed:
             trace.stopped = "passed"

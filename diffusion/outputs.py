@@ -38,7 +38,7 @@ def contact_sheet(trace):
         cell = image.convert("RGB").resize((CELL, CELL), Image.NEAREST)
         cd = ImageDraw.Draw(cell)
         # The detections and plan of round k+1 were made on image k (when it was current).
-        rounds = [r for r in trace.rounds if r.get("plan") and _input_index(trace, r) == k]
+        rounds = [r for r in trace.rounds if r.get("plan") and r["input"] == k]
         for r in rounds[:1]:
             for boxes in r.get("detections", {}).values():
                 for d in boxes:
@@ -53,8 +53,9 @@ def contact_sheet(trace):
                     cd.text((x0 + 3, y0 + 2), f"{op['kind']} {op['phrase']}", fill=colour)
         sheet.paste(cell, (k * CELL, 0))
         score = trace.scores[k]
-        title = "first" if k == 0 else f"round {_round_of(trace, k)}"
-        state = "best" if k == trace.best else ("rolled back" if k and not _accepted(trace, k) else "")
+        made = next((r for r in trace.rounds if r.get("image") == k), None)  # None for the first image
+        title = "first" if made is None else f"round {made['round']}"
+        state = "best" if k == trace.best else ("rolled back" if made and not made["accepted"] else "")
         draw.text(
             (k * CELL + 4, CELL + 4),
             f"{title}  score {score:.3f}" if score is not None else title,
@@ -85,12 +86,10 @@ def append_pairs(trace, folder: Path, critic: str, rank: int = 0) -> int:
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     rows = []
-    index = 0  # the image each round started from
-    k = 0
     for r in trace.rounds:
-        if "score_after" not in r:
+        if "image" not in r:  # a round that made no image
             continue
-        k += 1
+        index, k = r["input"], r["image"]
         before, after = trace.scores[index], trace.scores[k]
         if before is not None and after is not None and before != after:
             win, lose = (k, index) if after > before else (index, k)
@@ -113,8 +112,6 @@ def append_pairs(trace, folder: Path, critic: str, rank: int = 0) -> int:
                     "round": r["round"],
                 }
             )
-        if r.get("accepted"):
-            index = k
     with open(folder / f"pairs-{rank}.jsonl", "a", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
@@ -134,29 +131,6 @@ def load_pairs(folder: str | Path):
         lambda row: {"chosen": str(folder / row["chosen"]), "rejected": str(folder / row["rejected"])}
     )
     return data.cast_column("chosen", datasets.Image()).cast_column("rejected", datasets.Image())
-
-
-def _input_index(trace, round_record) -> int:
-    """Index into ``trace.images`` of the image a round started from."""
-    index, k = 0, 0
-    for r in trace.rounds:
-        if r is round_record:
-            return index
-        if "score_after" in r:
-            k += 1
-            if r.get("accepted"):
-                index = k
-    return index
-
-
-def _round_of(trace, k: int) -> int:
-    made = [r for r in trace.rounds if "score_after" in r]
-    return made[k - 1]["round"]
-
-
-def _accepted(trace, k: int) -> bool:
-    made = [r for r in trace.rounds if "score_after" in r]
-    return bool(made[k - 1]["accepted"])
 
 
 def _px(box) -> tuple[int, int, int, int]:

@@ -53,15 +53,13 @@ def evaluate_loop(
         trace = corrector.correct(suite_prompt.prompt, seed)
         requirements = suite_prompt.requirements
         # The image the loop holds after round r: the last accepted one up to r.
-        held, made, per_round = 0, 0, []
+        held, per_round = 0, []
         passed = {0: check(trace.images[0], requirements).passed}
         for r in range(1, rounds + 1):
             record = next((x for x in trace.rounds if x["round"] == r), None)
-            if record is not None and "score_after" in record:
-                made += 1
-                if record["accepted"]:
-                    held = made
-                    passed[held] = check(trace.images[held], requirements).passed
+            if record is not None and record.get("accepted"):
+                held = record["image"]
+                passed[held] = check(trace.images[held], requirements).passed
             per_round.append(passed[held])
         edits = [x for x in trace.rounds if "score_after" in x]
         round_seconds = [sum(x["timings"].values()) for x in edits]
