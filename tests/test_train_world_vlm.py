@@ -165,6 +165,42 @@ def test_rerun_resumes_from_the_last_checkpoint(trained, tmp_path):
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["vlm-0000003", "vlm-0000004"]
 
 
+def test_init_model_continues_from_saved_weights_with_its_tokenizer_and_mix(trained, tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "more"
+    argv = ["--profile", "tiny", "--output-dir", str(out), "--no-progress", "--eval-turns", "0"]
+    argv += ["--init-model", str(trained / "model"), "--mix", "vqa=1,ground=0.5,caption=0", "--lr", "1e-9"]
+    world_vlm.main(world_vlm.parse_args(argv))
+    before = load_file(trained / "model" / "model.safetensors")
+    after = load_file(out / "model" / "model.safetensors")
+    assert before.keys() == after.keys()
+    # lr 1e-9 for 3 steps: the weights are the saved ones (to fp16 precision), not a new model
+    assert all(torch.allclose(before[k].float(), after[k].float(), atol=1e-3) for k in before)
+    assert (out / "model" / "tokenizer.json").read_text() == (
+        trained / "model" / "tokenizer.json"
+    ).read_text()
+    record = json.loads((out / "model" / "selfcorrect_training.json").read_text())
+    notes = record["config"]["notes"]
+    assert notes["init_model"] == str(trained / "model") and notes["init_model_steps"] == 3
+    assert notes["mix"]["caption"] == 0 and record["config"]["lr"] == 1e-9
+    assert "caption" not in record["length_buckets"]["shares"]
+
+
+def test_init_model_of_other_sizes_and_bad_mixes_are_clear_errors(trained, tmp_path):
+    from selfcorrect.errors import SelfcorrectError
+
+    argv = ["--profile", "cpu", "--output-dir", str(tmp_path), "--init-model", str(trained / "model")]
+    with pytest.raises(
+        SelfcorrectError, match="does not fit the profile: vision_hidden 32 \\(profile: 128\\)"
+    ):
+        world_vlm.main(world_vlm.parse_args(argv))
+    for bad in ("vqa=x", "colour=1", "vqa=-1"):
+        with pytest.raises(SystemExit):
+            world_vlm.parse_args(["--output-dir", str(tmp_path), "--mix", bad])
+    assert world_vlm.parse_mix("vqa=0.5")["vqa"] == 0.5
+
+
 def test_real_conversations_go_through_the_collator(processor):
     data = ConversationSet(8, seed=3)
     batch = world_vlm.Collator(processor)([data[i] for i in range(8)])

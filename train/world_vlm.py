@@ -205,8 +205,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="start the vision tower from this open_clip folder (e.g. selfcorrect/weights/world-clip); "
         "its width, depth and patch size must match the profile's",
     )
+    p.add_argument(
+        "--init-model",
+        type=Path,
+        default=None,
+        help="continue training a saved world VLM (e.g. selfcorrect/weights/world-vlm): its weights, "
+        "tokenizer and processor; the profile's sizes must match it",
+    )
+    p.add_argument(
+        "--mix",
+        type=parse_mix,
+        default=None,
+        help="task weights replacing the default mix for the named tasks, e.g. vqa=0.4,ground=0.2 "
+        "(tasks not named keep their default weight)",
+    )
+    p.add_argument("--lr", type=float, default=None, help="override the profile's peak learning rate")
     p.add_argument("--eval-turns", type=int, default=None, help="held-out answers checked at the end")
     return p.parse_args(argv)
+
+
+def parse_mix(text: str) -> dict[str, float]:
+    """``"vqa=0.4,ground=0.2"`` -> the default :data:`~selfcorrect.world.conversations.MIX` with
+    those weights replaced (a weight of 0 drops the task)."""
+    from selfcorrect.world.conversations import MIX
+
+    mix = dict(MIX)
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        task, _, value = part.partition("=")
+        if task not in MIX:
+            raise argparse.ArgumentTypeError(f"unknown task {task!r}; the tasks are {', '.join(MIX)}")
+        try:
+            mix[task] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r}: the weight must be a number (task=weight)") from None
+        if mix[task] < 0:
+            raise argparse.ArgumentTypeError(f"{part!r}: the weight must not be negative")
+    if not any(mix.values()):
+        raise argparse.ArgumentTypeError("the mix gives every task a weight of 0")
+    return mix
 
 
 # ---------------------------------------------------------------------------------------------
@@ -621,9 +657,12 @@ def main(args: argparse.Namespace, conversations: Callable | None = None) -> Pat
     from tqdm.auto import tqdm
 
     config = dataclasses.replace(PROFILES[args.profile])
-    for name in ("steps", "batch_size", "num_workers", "eval_turns"):
+    for name in ("steps", "batch_size", "num_workers", "eval_turns", "lr"):
         if getattr(args, name, None) is not None:
             setattr(config, name, getattr(args, name))
+    mix = getattr(args, "mix", None)
+    if mix is not None:
+        config.notes["mix"] = mix
     conversations = conversations or conversation_set
     args.output_dir.mkdir(parents=True, exist_ok=True)
     accelerator = Accelerator(mixed_precision=config.mixed_precision)
@@ -635,21 +674,31 @@ def main(args: argparse.Namespace, conversations: Callable | None = None) -> Pat
     # N: the size of each data set; items are made on the fly, and a size that does not depend on
     # --steps keeps every batch where it was when a resumed run is asked to train longer.
     B, N = config.batch_size, 10**9
-    processor, run = _processor(accelerator, args.output_dir, config, conversations(N, args.seed, generated))
-    init_vision = getattr(args, "init_vision", None)
-    model = build_model(config, processor.tokenizer, vision_act="gelu" if init_vision else "quick_gelu")
+    init_vision, init_model = getattr(args, "init_vision", None), getattr(args, "init_model", None)
+    if init_vision and init_model:
+        raise SelfcorrectError("--init-vision and --init-model exclude each other (the model has its tower)")
+    if init_model:  # first: a model that does not fit fails before any data is made
+        model = load_for_training(init_model, config)
+        config.notes["init_model"] = str(init_model)
+        config.notes["init_model_steps"] = _steps_of(init_model)
+    processor, run = _processor(
+        accelerator, args.output_dir, config, conversations(N, args.seed, generated, mix=mix), init_model
+    )
+    if not init_model:
+        model = build_model(config, processor.tokenizer, vision_act="gelu" if init_vision else "quick_gelu")
     if init_vision:
         from selfcorrect.vision.clip import load_world_clip
 
         init_vision_from_open_clip(model, load_world_clip(init_vision).model)
         config.notes["init_vision"] = str(init_vision)
+    pretrained_vision = bool(init_vision or init_model)
 
     # AdamW without weight decay on gains, biases and embeddings' norms (1-D parameters); a
     # pretrained vision tower learns at vision_lr_scale * lr.
     vision = {id(t) for t in model.model.vision_tower.parameters()}
     groups = []
     for in_vision in (False, True):
-        lr = config.lr * (config.vision_lr_scale if in_vision and init_vision else 1.0)
+        lr = config.lr * (config.vision_lr_scale if in_vision and pretrained_vision else 1.0)
         params = [t for t in model.parameters() if (id(t) in vision) == in_vision]
         groups.append(
             {"params": [t for t in params if t.ndim >= 2], "weight_decay": config.weight_decay, "lr": lr}
@@ -670,7 +719,7 @@ def main(args: argparse.Namespace, conversations: Callable | None = None) -> Pat
     # items [k * N, (k + 1) * N). The n-th batch of bucket k on process p is its conversations
     # [(n * P + p) * B, (n * P + p + 1) * B): a resumed run sees exactly the batches it would have.
     if len(run["buckets"]) == 1:
-        data = conversations(N, args.seed, generated)
+        data = conversations(N, args.seed, generated, mix=mix)
     else:
         data = torch.utils.data.ConcatDataset(
             [
@@ -754,13 +803,14 @@ def main(args: argparse.Namespace, conversations: Callable | None = None) -> Pat
     return out
 
 
-def _processor(accelerator, output_dir: Path, config: VLMConfig, data):
+def _processor(accelerator, output_dir: Path, config: VLMConfig, data, init_model: Path | None = None):
     """The processor and length buckets of this run, made once in ``OUTPUT_DIR/processor``.
 
     On the first run the tokenizer is trained on the first ``tokenizer_corpus`` conversations of
-    ``data`` and the buckets measured on them (``world_vlm_run.json``); a resumed run reloads both,
-    so that it uses exactly the vocabulary and batch plan its checkpoints were trained with. A
-    saved run of another patch size or vocabulary budget is an error.
+    ``data`` (or, with ``init_model``, taken from that model's processor) and the buckets measured
+    on them (``world_vlm_run.json``); a resumed run reloads both, so that it uses exactly the
+    vocabulary and batch plan its checkpoints were trained with. A saved run of another patch size
+    or vocabulary budget is an error.
 
     Returns:
         ``(processor, run)``: a ``LlavaProcessor`` and the :func:`length_buckets` dict.
@@ -772,12 +822,16 @@ def _processor(accelerator, output_dir: Path, config: VLMConfig, data):
     if not (folder / "world_vlm_run.json").is_file():
         if accelerator.is_main_process:
             examples = [data[i] for i in range(min(config.tokenizer_corpus, len(data)))]
-            tokenizer = train_tokenizer(corpus_text(examples), config.vocab_size)
+            if init_model:
+                processor = AutoProcessor.from_pretrained(init_model)
+            else:
+                processor = build_processor(config, train_tokenizer(corpus_text(examples), config.vocab_size))
             image_tokens = (CANVAS // config.patch_size) ** 2
-            run = {**stamp, **length_buckets(examples, tokenizer, image_tokens, config.length_buckets)}
+            buckets = length_buckets(examples, processor.tokenizer, image_tokens, config.length_buckets)
+            run = {**stamp, **buckets}
             tmp = output_dir / ".tmp-processor"
             shutil.rmtree(tmp, ignore_errors=True)
-            build_processor(config, tokenizer).save_pretrained(tmp)
+            processor.save_pretrained(tmp)
             (tmp / "world_vlm_run.json").write_text(json.dumps(run, indent=2))
             shutil.rmtree(folder, ignore_errors=True)
             tmp.rename(folder)  # the commit point
@@ -792,6 +846,46 @@ def _processor(accelerator, output_dir: Path, config: VLMConfig, data):
     return AutoProcessor.from_pretrained(folder), {
         k: run[k] for k in ("buckets", "weights", "shares", "mean_tokens")
     }
+
+
+def load_for_training(folder: Path, config: VLMConfig):
+    """A saved world VLM in float32, to train further; its sizes must be ``config``'s.
+
+    Raises:
+        SelfcorrectError: ``folder`` holds no model, or one of other sizes than the profile's.
+    """
+    import torch
+    from transformers import LlavaForConditionalGeneration
+
+    from selfcorrect.vision.vlm import load_checkpoint_config, locate_checkpoint
+
+    location = locate_checkpoint(folder)
+    saved = load_checkpoint_config(location, folder, trust_remote_code=False)
+    vision, text = saved.vision_config, saved.text_config
+    have = {
+        "vision_hidden": vision.hidden_size,
+        "vision_layers": vision.num_hidden_layers,
+        "patch_size": vision.patch_size,
+        "text_hidden": text.hidden_size,
+        "text_layers": text.num_hidden_layers,
+        "text_intermediate": text.intermediate_size,
+    }
+    wanted = {k: getattr(config, k) for k in have}
+    if have != wanted:
+        differ = ", ".join(f"{k} {have[k]} (profile: {wanted[k]})" for k in have if have[k] != wanted[k])
+        raise SelfcorrectError(
+            f"{folder} does not fit the profile: {differ}; pick the profile it was trained with"
+        )
+    return LlavaForConditionalGeneration.from_pretrained(location, dtype=torch.float32)
+
+
+def _steps_of(folder: Path) -> int | None:
+    """Optimiser steps behind a saved model, from its training record (earlier runs included)."""
+    record = Path(folder) / "selfcorrect_training.json"
+    if not record.is_file():
+        return None
+    config = json.loads(record.read_text()).get("config", {})
+    return config.get("steps", 0) + (config.get("notes", {}).get("init_model_steps") or 0)
 
 
 def _save_model(model, processor, out: Path, record: dict) -> None:
