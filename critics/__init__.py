@@ -11,6 +11,9 @@ name            class                                 needs
 ``tldr``         :class:`~.tldr.TldrCritic`            a VLM and a token head (default: the world
                                                       VLM and ``weights/tldr-head``); per-token
                                                       rewards (kind ``tokens``), TLDR
+``detection``    :class:`~.detection.DetectionCritic`  a detector (default: ``clip-proposals``,
+                                                      the world CLIP's); GenEval-style counts
+                                                      and positions from boxes
 =============== ===================================== ========================================
 
 :data:`CRITICS` maps the CLI's names to builder functions that take keyword arguments; each loads
@@ -80,16 +83,29 @@ def build_tldr_critic(*, head=None, vlm=None, device: str = "cpu", **options):
     return TldrCritic.from_pretrained(head, vlm=backbone, device=device, **options)
 
 
+def build_detection_critic(*, detector=None, device: str = "cpu", **options):
+    """:class:`~selfcorrect.critics.detection.DetectionCritic`; ``detector`` a detector object or a
+    name of :data:`selfcorrect.vision.detectors.DETECTORS` (default ``"clip-proposals"``); other
+    options go to the class (``min_score=``, ``expected_of=``)."""
+    from selfcorrect.critics.detection import DetectionCritic
+    from selfcorrect.vision.detectors import load_detector
+
+    if detector is None or isinstance(detector, str):
+        detector = load_detector(detector or "clip-proposals", device=device)
+    return DetectionCritic(detector, **options)
+
+
 CRITICS = {
     "llava_critic": build_llava_critic,
     "vqa": build_vqa_critic,
     "clip": build_clip_critic,
     "lookback": build_lookback_critic,
     "tldr": build_tldr_critic,
+    "detection": build_detection_critic,
 }
 
 __all__ = [
     "CRITICS", "KINDS", "AnswerCritic", "Finding", "ImageCritic", "ImageVerdict", "PairwiseCritic",
     "PairwiseVerdict", "StepCritic", "StepVerdict", "TokenVerdict",
-    "build_clip_critic", "build_llava_critic", "build_lookback_critic", "build_vqa_critic",
+    "build_clip_critic", "build_detection_critic", "build_llava_critic", "build_lookback_critic", "build_vqa_critic",
 ]  # fmt: skip

@@ -18,6 +18,7 @@ Output layout (``-o DIR``): ``DIR/NNNN-slug[-sSEED]/{image.png,rounds.png,trace.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass
@@ -29,7 +30,12 @@ from selfcorrect.diffusion.loop import Candidate, LoopConfig, correct, encode_im
 from selfcorrect.diffusion.outputs import append_pairs, slug, write_outputs
 from selfcorrect.errors import SelfcorrectError
 
-IMAGE_CRITICS = ("vqa", "llava_critic", "clip")  # the critics of selfcorrect.critics that judge images
+IMAGE_CRITICS = (
+    "detection",
+    "clip",
+    "vqa",
+    "llava_critic",
+)  # the critics of selfcorrect.critics that judge images
 
 
 @dataclass
@@ -84,18 +90,25 @@ class Corrector:
         shared = None
         if critic in ("vqa", "llava_critic") or detector == "vlm":
             shared = VLM.from_pretrained(vlm or WORLD, device=device)
-        built_critic = CRITICS[critic](device=device) if critic == "clip" else CRITICS[critic](vlm=shared)
         built_detector = load_detector(detector, vlm=shared if detector == "vlm" else None, device=device)
         if controller:
             from selfcorrect.diffusion.controller import Controller
 
             parser = Controller.from_pretrained(controller, device=device)
-            expect = parser.expected
+            # the loop and a detection critic both ask for every prompt: a chat model answers once
+            expect = functools.lru_cache(maxsize=1024)(parser.expected)
         else:
             from selfcorrect.world.grammar import parse_prompt
 
             def expect(prompt: str) -> Expected:
                 return Expected.from_requirements(parse_prompt(prompt))
+
+        if critic == "clip":
+            built_critic = CRITICS[critic](device=device)
+        elif critic == "detection":  # judges with the loop's own detector and prompt parser
+            built_critic = CRITICS[critic](detector=built_detector, expected_of=expect)
+        else:
+            built_critic = CRITICS[critic](vlm=shared)
 
         names = {
             "critic": critic,

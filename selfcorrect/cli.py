@@ -242,6 +242,11 @@ def make_eval_parser(commands) -> None:
         help="open_clip model folder (default: the world CLIP, skipped if absent)",
     )
     p.add_argument(
+        "--detector",
+        default="clip-proposals",
+        help="the detection critic's detector: clip-proposals (default), owlv2, vlm or an OWLv2 checkpoint",
+    )
+    p.add_argument(
         "--t2i-source", default=None, help="text-to-image weights for --seeds (default: the world preset's)"
     )
     p.add_argument(
@@ -587,7 +592,14 @@ def cmd_eval_vlm(args) -> int:
     return 0
 
 
-EVAL_CRITICS = ("llava_critic", "vqa", "clip", "lookback", "tldr")  # what `eval critics` can measure
+EVAL_CRITICS = (
+    "llava_critic",
+    "vqa",
+    "clip",
+    "detection",
+    "lookback",
+    "tldr",
+)  # what `eval critics` can measure
 
 
 def cmd_eval_critics(args) -> int:
@@ -629,6 +641,13 @@ def cmd_eval_critics(args) -> int:
             notes["clip"] = note
         else:
             critics["clip"] = CRITICS["clip"](clip=clip, batch_size=max(args.batch_size, 64))
+    if "detection" in wanted:
+        from selfcorrect.vision.detectors import load_detector
+
+        # the proposals are labelled by the CLIP under test (--clip), like the clip critic
+        options = {"clip": args.clip} if args.detector == "clip-proposals" and args.clip else {}
+        detector = load_detector(args.detector, device=args.device, **options)
+        critics["detection"] = CRITICS["detection"](detector=detector)
     step_critic = None
     if "lookback" in wanted:
         step_critic = CRITICS["lookback"](vlm=vlm, batch_size=args.batch_size, **generating)

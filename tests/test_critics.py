@@ -501,7 +501,7 @@ def test_clip_critic_is_clipscore_normalised(tiny_clip):
 
 def test_registry_builders_take_injected_models():
     fake = FakeVLM()
-    assert set(CRITICS) == {"llava_critic", "vqa", "clip", "lookback", "tldr"}
+    assert set(CRITICS) == {"llava_critic", "vqa", "clip", "lookback", "tldr", "detection"}
     assert isinstance(CRITICS["vqa"](vlm=fake), VQACritic)
     critic = CRITICS["llava_critic"](vlm=fake, mode="generate", threshold=0.5)
     assert isinstance(critic, LlavaCritic) and critic.mode == "generate" and critic.threshold == 0.5

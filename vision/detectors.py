@@ -515,8 +515,9 @@ class ProposalClipDetector:
     a background-coloured square ``pad`` times its size (so that it looks like a one-object
     image) and (3) labelled with the most similar of ``labels`` (``"a photo of a {label}"``). A
     phrase is found where the label holds every word of the phrase that the label vocabulary
-    knows (``"small red circle"`` matches the label ``"red circle"``; ``"circle"`` matches every
-    circle). The score is the label's softmax probability over ``labels``.
+    knows (``"red circle"`` matches the label ``"red circle"``; ``"circle"`` matches every
+    circle) and the box has every size the phrase names (``sizes``; without them size words are
+    ignored). The score is the label's softmax probability over ``labels``.
 
     It suits images with a plain background (the embedded world, product shots, diagrams); on
     cluttered photographs use :class:`Owlv2Detector`. On 108 objects of world
@@ -528,6 +529,8 @@ class ProposalClipDetector:
         labels: the closed label set, e.g. every ``"{colour} {shape}"``.
         contrast, share: the proposal thresholds; min_pixels: smaller regions are noise.
         pad: the cut-out's side relative to the object's larger side.
+        sizes: size words and the range ``(low, high)`` of a box's longer side, as a fraction
+            of the image's side, that each allows (``{"small": (0, 0.23), "large": (0.23, 1)}``).
     """
 
     name = "clip-proposals"
@@ -543,9 +546,11 @@ class ProposalClipDetector:
         share: float = 0.3,
         min_pixels: int = 9,
         pad: float = 2.5,
+        sizes: dict[str, tuple[float, float]] | None = None,
     ):
         if not labels:
             raise DetectorInputError("the label set is empty")
+        self.sizes = {str(k).lower(): (float(lo), float(hi)) for k, (lo, hi) in (sizes or {}).items()}
         self.model, self.preprocess, self.tokenizer = model, preprocess, tokenizer
         self.labels = [str(label).strip().lower() for label in labels]
         self.vocabulary = {w for label in self.labels for w in label.split()}
@@ -602,9 +607,12 @@ class ProposalClipDetector:
                 for box, k, p in zip(boxes, best.tolist(), score.tolist()):
                     words = set(self.labels[k].split())
                     norm = (box[0] / width, box[1] / height, box[2] / width, box[3] / height)
+                    side = max(norm[2] - norm[0], norm[3] - norm[1])
                     for phrase in phrases:
-                        known = {w for w in phrase.lower().split() if w in self.vocabulary}
-                        if known and known <= words:
+                        asked = phrase.lower().split()
+                        known = {w for w in asked if w in self.vocabulary}
+                        sized = all(lo <= side < hi for w, (lo, hi) in self.sizes.items() if w in asked)
+                        if known and known <= words and sized:
                             found[phrase].append(Detection(phrase, norm, round(min(1.0, p), 6)))
             results.append({p: sorted(d, key=lambda x: -x.score) for p, d in found.items()})
         return results
@@ -633,15 +641,17 @@ def build_clip_proposal_detector(
 ) -> ProposalClipDetector:
     """:class:`ProposalClipDetector`; ``clip`` a ``(model, preprocess, tokenizer)`` triple, an
     open_clip folder or None for the world CLIP; ``labels`` default to the world's every
-    ``"{colour} {shape}"``."""
+    ``"{colour} {shape}"``, and then ``sizes`` to the world's small and large, split where
+    :func:`selfcorrect.world.scene.size_of_box` splits them."""
     from selfcorrect.vision.clip import load_world_clip
 
     if clip is None or isinstance(clip, str) or hasattr(clip, "__fspath__"):
         clip = load_world_clip(clip, device=device)
     if labels is None:
-        from selfcorrect.world.scene import COLOURS, SHAPES
+        from selfcorrect.world.scene import COLOURS, SHAPES, SIZE_THRESHOLD
 
         labels = [f"{c} {s}" for c in COLOURS for s in SHAPES]
+        options.setdefault("sizes", {"small": (0.0, SIZE_THRESHOLD), "large": (SIZE_THRESHOLD, float("inf"))})
     return ProposalClipDetector(*clip, labels, **options)
 
 
