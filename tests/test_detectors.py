@@ -332,3 +332,44 @@ def test_clip_proposals_find_and_label_rendered_objects():
     assert 0 < square.score <= 1
     blank = detector.detect(render(Scene(())), ["red circle"])
     assert blank == {"red circle": []}
+
+
+def test_clip_proposals_check_sizes_and_sum_label_probabilities(monkeypatch):
+    import torch
+
+    import selfcorrect.vision.clip as clip_module
+
+    from selfcorrect.vision.detectors import load_detector
+    from selfcorrect.world.render import render
+    from selfcorrect.world.scene import Scene, WorldObject
+
+    scene = Scene(
+        (
+            WorldObject("circle", "red", "large", (0.1, 0.1, 0.4, 0.4)),
+            WorldObject("circle", "blue", "small", (0.6, 0.6, 0.78, 0.78)),
+        )
+    )
+    detector = load_detector("clip-proposals")
+    found = detector.detect(render(scene), ["large circle", "small circle", "circle", "small red circle"])
+    assert [len(found[p]) for p in ("large circle", "small circle", "circle", "small red circle")] == [
+        1,
+        1,
+        2,
+        0,
+    ]
+    assert found["large circle"][0].box[0] < 0.2 and found["small circle"][0].box[0] > 0.5
+
+    # a bare noun's probability sums the labels naming it: a region split between two colours of
+    # circle is a circle, though neither coloured label reaches min_probability alone
+    class Split:
+        logit_scale = torch.tensor(0.0)  # softmax at temperature 1 over the logits below
+
+    split = load_detector("clip-proposals", labels=["red circle", "blue circle", "red square"])
+    split.model = Split()
+    split._text = torch.eye(3)
+    monkeypatch.setattr(
+        clip_module, "encode_images", lambda m, p, crops: torch.log(torch.tensor([[0.4, 0.4, 0.2]]))
+    )
+    out = split.detect(render(Scene((scene.objects[0],))), ["circle", "red circle", "square"])
+    assert out["red circle"] == [] and out["square"] == []
+    assert len(out["circle"]) == 1 and abs(out["circle"][0].score - 0.8) < 1e-5

@@ -513,11 +513,14 @@ class ProposalClipDetector:
     colour stands out from the background (the median colour of the image border) by more than
     ``contrast`` (0-255) and ``share`` of the strongest contrast; (2) each is cut out, centred on
     a background-coloured square ``pad`` times its size (so that it looks like a one-object
-    image) and (3) labelled with the most similar of ``labels`` (``"a photo of a {label}"``). A
-    phrase is found where the label holds every word of the phrase that the label vocabulary
-    knows (``"red circle"`` matches the label ``"red circle"``; ``"circle"`` matches every
-    circle) and the box has every size the phrase names (``sizes``; without them size words are
-    ignored). The score is the label's softmax probability over ``labels``.
+    image) and (3) classified over ``labels`` (``"a photo of a {label}"``, a softmax at the
+    model's own ``logit_scale``, so the probabilities are as calibrated as CLIP's training made
+    them). A phrase's probability is the summed probability of the labels that hold every word
+    of the phrase the label vocabulary knows (``"circle"``: every ``"{colour} circle"``;
+    ``"red circle"``: just that one); the region is a detection of the phrase, scored by that
+    probability, when it is at least ``min_probability`` and the box has every size the phrase
+    names (``sizes``; without them size words are ignored). With ``min_probability`` above 0.5
+    a region is at most one shape.
 
     It suits images with a plain background (the embedded world, product shots, diagrams); on
     cluttered photographs use :class:`Owlv2Detector`. On 108 objects of world
@@ -531,6 +534,7 @@ class ProposalClipDetector:
         pad: the cut-out's side relative to the object's larger side.
         sizes: size words and the range ``(low, high)`` of a box's longer side, as a fraction
             of the image's side, that each allows (``{"small": (0, 0.23), "large": (0.23, 1)}``).
+        min_probability: the least probability of a phrase that makes a region its detection.
     """
 
     name = "clip-proposals"
@@ -547,6 +551,7 @@ class ProposalClipDetector:
         min_pixels: int = 9,
         pad: float = 2.5,
         sizes: dict[str, tuple[float, float]] | None = None,
+        min_probability: float = 0.5,
     ):
         if not labels:
             raise DetectorInputError("the label set is empty")
@@ -555,6 +560,7 @@ class ProposalClipDetector:
         self.labels = [str(label).strip().lower() for label in labels]
         self.vocabulary = {w for label in self.labels for w in label.split()}
         self.contrast, self.share, self.min_pixels, self.pad = contrast, share, min_pixels, pad
+        self.min_probability = min_probability
         self._text = None
 
     def __repr__(self) -> str:
@@ -600,22 +606,28 @@ class ProposalClipDetector:
                 crops.append(canvas)
             found: dict[str, list[Detection]] = {p: [] for p in phrases}
             if crops:
-                logits = 100.0 * encode_images(self.model, self.preprocess, crops) @ self._text.T  # (N, L)
-                probs = torch.softmax(logits.float(), dim=-1)
-                score, best = probs.max(dim=-1)
+                similarity = encode_images(self.model, self.preprocess, crops) @ self._text.T  # (N, L)
+                probs = torch.softmax(self._scale() * similarity.float(), dim=-1)  # (N, L)
                 width, height = image.size
-                for box, k, p in zip(boxes, best.tolist(), score.tolist()):
-                    words = set(self.labels[k].split())
-                    norm = (box[0] / width, box[1] / height, box[2] / width, box[3] / height)
-                    side = max(norm[2] - norm[0], norm[3] - norm[1])
-                    for phrase in phrases:
-                        asked = phrase.lower().split()
-                        known = {w for w in asked if w in self.vocabulary}
+                for phrase in phrases:
+                    asked = phrase.lower().split()
+                    known = {w for w in asked if w in self.vocabulary}
+                    if not known:
+                        continue
+                    naming = torch.tensor([known <= set(label.split()) for label in self.labels])  # (L,)
+                    for box, p in zip(boxes, probs[:, naming].sum(-1).tolist()):
+                        norm = (box[0] / width, box[1] / height, box[2] / width, box[3] / height)
+                        side = max(norm[2] - norm[0], norm[3] - norm[1])
                         sized = all(lo <= side < hi for w, (lo, hi) in self.sizes.items() if w in asked)
-                        if known and known <= words and sized:
+                        if p >= self.min_probability and sized:
                             found[phrase].append(Detection(phrase, norm, round(min(1.0, p), 6)))
             results.append({p: sorted(d, key=lambda x: -x.score) for p, d in found.items()})
         return results
+
+    def _scale(self) -> float:
+        """The softmax temperature: the model's learned ``logit_scale`` (100, CLIP's cap, without one)."""
+        scale = getattr(self.model, "logit_scale", None)
+        return 100.0 if scale is None else float(scale.detach().exp())
 
 
 def build_vlm_detector(*, vlm=None, device: str = "cpu", **options) -> VLMGroundingDetector:
