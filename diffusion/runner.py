@@ -62,7 +62,7 @@ class Corrector:
         cls,
         loaded,
         *,
-        critic: str = "clip",
+        critic: str = "detection",
         detector: str = "clip-proposals",
         vlm: str | None = None,
         controller: str | None = None,

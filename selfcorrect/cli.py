@@ -101,8 +101,9 @@ def make_generate_parser(commands) -> None:
     p.add_argument("--input", type=Path, default=None, help="correct this image instead of generating one")
     p.add_argument(
         "--critic",
-        default="clip",
-        help="clip (default: the best ranker in eval critics), vqa or llava_critic",
+        default="detection",
+        help="detection (default: the best critic in eval critics; judges with the detector), clip, vqa "
+        "or llava_critic",
     )
     p.add_argument(
         "--detector",
@@ -150,7 +151,7 @@ def make_eval_parser(commands) -> None:
     p.add_argument("--seeds", type=int, default=4, help="images per prompt (default: 4)")
     p.add_argument("--limit", type=int, default=None, help="at most N prompts per category")
     p.add_argument("--rounds", type=int, default=3, help="correction rounds (default: 3)")
-    p.add_argument("--critic", default="clip", help="the critic driving the loop (default: clip)")
+    p.add_argument("--critic", default="detection", help="the critic driving the loop (default: detection)")
     p.add_argument("--detector", default=None, help="the loop's detector (default: clip-proposals)")
     p.add_argument("--vlm", default=None, help="VLM for the critic and detector (default: the world VLM)")
     p.add_argument("--strength", type=float, default=None, help="edit strength (default: 0.5)")

@@ -195,7 +195,7 @@ def test_generate_corrects_and_writes_everything(tiny_world_pipeline, tmp_path, 
     assert code == 0, err
     record = json.loads((out / "trace.json").read_text())
     assert (
-        record["critic"] == "clip"
+        record["critic"] == "detection"
         and record["detector"] == "clip-proposals"
         and record["attention"] == "sdpa"
     )
@@ -206,7 +206,7 @@ def test_generate_corrects_and_writes_everything(tiny_world_pipeline, tmp_path, 
         "exact": False,
     }
     assert len(record["scores"]) >= 1 and (out / "rounds.png").is_file() and (out / "image.png").is_file()
-    assert "critic clip scores" in stdout
+    assert "critic detection scores" in stdout
     # Correct a given image.
     code, _, err = run_cli(
         capsys,
