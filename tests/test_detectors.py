@@ -338,7 +338,6 @@ def test_clip_proposals_check_sizes_and_sum_label_probabilities(monkeypatch):
     import torch
 
     import selfcorrect.vision.clip as clip_module
-
     from selfcorrect.vision.detectors import load_detector
     from selfcorrect.world.render import render
     from selfcorrect.world.scene import Scene, WorldObject
