@@ -146,19 +146,13 @@ def response_states(vlm, images, prompts: Sequence, responses: Sequence[str], *,
     if isinstance(responses, str) or len(responses) != len(prompts):
         raise TldrInputError(f"give one response per prompt; got {len(responses)} for {len(prompts)} prompts")
     tokenized = [tokenize_response(vlm.tokenizer, r, i) for i, r in enumerate(responses)]
-    groups, conversations = vlm._normalise(images, list(prompts))
-    texts = [vlm._render(c, len(g)) for c, g in zip(conversations, groups)]
-    rows, encoded = vlm._prepare(groups, texts, [len(ids) for ids, _ in tokenized], batch_size)
     base = vlm.model.base_model  # the model without its LM head: returns the normed last hidden state
     lm_head = vlm.model.get_output_embeddings()
     states: list[ResponseStates] = []
+    batches = vlm.prefixed_inputs(images, list(prompts), [ids for ids, _ in tokenized], batch_size=batch_size)
     with torch.inference_mode():
-        for start in range(0, len(rows), batch_size):
-            chunk = range(start, min(start + batch_size, len(rows)))
-            slots = [[tokenized[b][0]] for b in chunk]
-            inputs, slot_len = vlm._batch([rows[b] for b in chunk], encoded, slots)
-            prompt_len = inputs["input_ids"].shape[1] - slot_len
-            hidden = base(**inputs, use_cache=False).last_hidden_state  # (R, prompt_len + slot_len, D)
+        for chunk, inputs, prompt_len in batches:
+            hidden = base(**inputs, use_cache=False).last_hidden_state  # (R, prompt_len + longest, D)
             for i, b in enumerate(chunk):
                 ids, offsets = tokenized[b]
                 n = len(ids)
@@ -485,13 +479,12 @@ def continue_response(
                 scores[:, self.token] = float("-inf")
             return scores
 
-    groups, conversations = vlm._normalise([image], [prompt])
-    texts = [vlm._render(conversations[0], len(groups[0]))]
-    rows, encoded = vlm._prepare(groups, texts, [len(prefix_ids) + max_new_tokens], 1)
-    inputs, _ = vlm._batch(rows, encoded, [[list(prefix_ids)]])
+    [(_, inputs, _)] = vlm.prefixed_inputs(
+        [image], [prompt], [prefix_ids], batch_size=1, extra=[max_new_tokens]
+    )
     length = inputs["input_ids"].shape[1]
     config = copy.deepcopy(vlm.model.generation_config)
-    config.update(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=vlm._pad_id)
+    config.update(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=vlm.pad_token_id)
     config.update(top_k=None, temperature=None, top_p=None)
     processors = LogitsProcessorList([BanFirst(banned, length)] if banned is not None else [])
     with torch.inference_mode():

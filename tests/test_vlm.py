@@ -146,6 +146,24 @@ def test_score_matches_naive_teacher_forcing(vlm, images):
     assert (vlm.score([images[0]], [PROMPTS[1]], CANDIDATES) - scores[1]).abs().max() > 1e-2
 
 
+def test_prefixed_inputs_give_teacher_forced_logprobs_of_each_prefix(vlm, images):
+    prefixes = [vlm.tokenizer(c, add_special_tokens=False)["input_ids"] for c in CANDIDATES[:3]]
+    batches = list(vlm.prefixed_inputs(images, PROMPTS, prefixes, batch_size=2))
+    assert [indexes for indexes, _, _ in batches] == [[0, 1], [2]]
+    for indexes, inputs, prompt_len in batches:
+        with torch.no_grad():
+            logp = torch.log_softmax(vlm.model(**inputs).logits.float(), dim=-1)
+        for r, b in enumerate(indexes):
+            ids = prefixes[b]
+            assert inputs["input_ids"][r, prompt_len : prompt_len + len(ids)].tolist() == ids
+            got = torch.stack([logp[r, prompt_len - 1 + t, token] for t, token in enumerate(ids)])
+            expected = reference_logprobs(vlm, [images[b]], PROMPTS[b], CANDIDATES[b])
+            torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
+    with pytest.raises(VLMInputError, match="one prefix per prompt"):
+        next(vlm.prefixed_inputs(images, PROMPTS, prefixes[:1]))
+    assert vlm.pad_token_id in (vlm.tokenizer.pad_token_id, vlm.tokenizer.eos_token_id)
+
+
 def test_batch_equals_single(vlm, images):
     batched = vlm.score(images, PROMPTS, CANDIDATES)
     for b in range(len(PROMPTS)):

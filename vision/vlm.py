@@ -53,6 +53,7 @@ import copy
 import inspect
 import itertools
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -422,6 +423,57 @@ class VLM:
                         where = [0] + [j * slot_len + t for t in range(1, len(tokens))]
                         logprobs[b][k] = logp[i, where, tokens].cpu()
         return ContinuationScores(logprobs)
+
+    @property
+    def pad_token_id(self) -> int:
+        """The token id batches are padded with (the tokenizer's pad token, else its end of text)."""
+        return self._pad_id
+
+    def prefixed_inputs(
+        self,
+        images,
+        prompts,
+        prefixes: Sequence[Sequence[int]],
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        extra: Sequence[int] | None = None,
+    ) -> Iterator[tuple[list[int], dict, int]]:
+        """Model inputs for prompts each followed by given tokens, as if the model had written them.
+
+        For critics that read the model's states over an answer (TLDR's token head) or continue
+        an answer from a prefix. Each prompt is rendered with the chat template's generation
+        prompt; each image is encoded once, before the first batch is yielded.
+
+        Args:
+            images, prompts: as for :meth:`chat`.
+            prefixes: B lists of token ids, one per prompt (possibly empty).
+            batch_size: prompts per yielded batch.
+            extra: tokens that will follow each prefix (e.g. ``max_new_tokens``), for the context
+                length check; default 0.
+
+        Yields:
+            ``(indexes, inputs, prompt_len)``: the prompts of this batch; keyword arguments for
+            ``model(...)`` / ``model.generate(...)`` with ``input_ids`` of shape
+            ``(R, prompt_len + L)``, prompts left-padded to ``prompt_len`` and prefix ``r``
+            starting there (right-padded to the longest, ``L``); the padded prompt length.
+
+        Raises:
+            VLMInputError: bad inputs, or a prompt, its prefix and ``extra`` exceed the context.
+        """
+        _check_batch_size(batch_size)
+        groups, conversations = self._normalise(images, prompts)
+        if len(prefixes) != len(conversations):
+            raise VLMInputError(
+                f"give one prefix per prompt; got {len(prefixes)} for {len(conversations)} prompts"
+            )
+        more = [0] * len(prefixes) if extra is None else list(extra)
+        texts = [self._render(c, len(g)) for c, g in zip(conversations, groups)]
+        rows, encoded = self._prepare(groups, texts, [len(p) + e for p, e in zip(prefixes, more)], batch_size)
+        for start in range(0, len(rows), batch_size):
+            chunk = list(range(start, min(start + batch_size, len(rows))))
+            slots = [[[int(t) for t in prefixes[b]]] for b in chunk]
+            inputs, slot_len = self._batch([rows[b] for b in chunk], encoded, slots)
+            yield chunk, inputs, inputs["input_ids"].shape[1] - slot_len
 
     # ---------------------------------------------------------------------------- input handling
 
