@@ -43,9 +43,11 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
 from selfcorrect.diffusion.expected import (
     MAX_COUNT,
@@ -56,6 +58,11 @@ from selfcorrect.diffusion.expected import (
     ExpectedSchemaError,
 )
 from selfcorrect.errors import PromptError, SelfcorrectError
+
+if TYPE_CHECKING:
+    from selfcorrect.diffusion.edits import Box
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_RETRIES = 2
 DEFAULT_MAX_NEW_TOKENS = 256
@@ -128,6 +135,43 @@ FEW_SHOT: tuple[tuple[str, Expected], ...] = (
             relations=(ExpectedRelation(0, "above", 1),),
         ),
     ),
+)
+
+
+LAYOUT_SYSTEM = """\
+You plan how to correct an image made for a text-to-image prompt. You get, as JSON, the prompt, \
+what the image must contain ("expected": object groups with counts, and spatial relations), the \
+phrases of those groups, and the objects a detector found in the image ("detected"), each with a \
+box [x0, y0, x1, y1] in fractions of the image's width and height (0, 0 is the top left corner). \
+Answer with the layout the corrected image should have, as one JSON object:
+
+{"objects": [{"phrase": one of the phrases, "box": [x0, y0, x1, y1]}, ...]}
+
+Rules:
+1. List every object the corrected image should show, one entry per instance.
+2. Keep detected objects that are already right, with their boxes unchanged.
+3. Give each group its count: exactly "count" when "exact" is true, at least "count" otherwise; \
+a group of count 0 gets no entry.
+4. Every relation must hold between every pair of instances: "left of" means the subject's box \
+lies clearly left of the reference's box, and so on.
+5. Boxes lie in [0, 1] with x0 < x1 and y0 < y1; give new objects the size of the detected ones \
+and keep them apart from other objects.
+
+Answer with the JSON object only: no explanation, no Markdown."""
+
+# (expected, detections, answer): the worked example of a layout call. The answer passes
+# parse_layout (a test checks it): the red circle is kept, the square moves to its right.
+LAYOUT_EXAMPLE: tuple[Expected, dict, list[tuple[str, Box]]] = (
+    Expected(
+        objects=(ExpectedObject("circle", ("red",)), ExpectedObject("square", ("blue",))),
+        relations=(ExpectedRelation(0, "left of", 1),),
+        prompt="a red circle left of a blue square",
+    ),
+    {
+        "red circle": [SimpleNamespace(box=(0.4, 0.35, 0.65, 0.6), score=0.9)],
+        "blue square": [SimpleNamespace(box=(0.1, 0.4, 0.3, 0.6), score=0.8)],
+    },
+    [("red circle", (0.4, 0.35, 0.65, 0.6)), ("blue square", (0.72, 0.4, 0.92, 0.6))],
 )
 
 
@@ -305,7 +349,44 @@ class Controller:
                 failing field and quotes the last answer.
         """
         text = check_prompt(prompt)
-        messages = self.messages(text)
+        return self._ask(
+            self.messages(text), lambda answer: Expected.from_dict(extract_json(answer), prompt=text)
+        )
+
+    def layout(self, expected: Expected, detections: dict[str, Sequence]) -> list[tuple[str, Box]]:
+        """The corrected layout of an image, as the controller plans it (SLD's LLM step).
+
+        Args:
+            expected: what the image must contain.
+            detections: phrase -> detections (with ``box`` and ``score``) in the current image.
+
+        Returns:
+            The objects the corrected image should show, ``(phrase, box)``: phrases of
+            ``expected``, counts as it asks, every relation holding (see :func:`parse_layout`).
+            :func:`~selfcorrect.diffusion.plan.plan_from_layout` turns them into edits.
+
+        Raises:
+            ControllerError: every one of the ``1 + max_retries`` answers failed
+                :func:`parse_layout`.
+        """
+        return self._ask(
+            self.layout_messages(expected, detections), lambda a: parse_layout(extract_json(a), expected)
+        )
+
+    @staticmethod
+    def layout_messages(expected: Expected, detections: dict[str, Sequence]) -> list[Message]:
+        """The layout call's conversation: instructions, one worked example, the case."""
+        example_answer = {"objects": [{"phrase": p, "box": list(b)} for p, b in LAYOUT_EXAMPLE[2]]}
+        return [
+            {"role": "system", "content": LAYOUT_SYSTEM},
+            {"role": "user", "content": layout_request(LAYOUT_EXAMPLE[0], LAYOUT_EXAMPLE[1])},
+            {"role": "assistant", "content": json.dumps(example_answer)},
+            {"role": "user", "content": layout_request(expected, detections)},
+        ]
+
+    def _ask(self, messages: list[Message], parse: Callable[[str], Any]):
+        """Call the model until ``parse`` accepts its answer, feeding each schema error back;
+        at most ``1 + max_retries`` calls, then :class:`ControllerError`."""
         attempts: list[str] = []
         while True:
             answer = self.generate([dict(m) for m in messages])  # copies, so that generate cannot alter ours
@@ -313,7 +394,7 @@ class Controller:
                 raise TypeError(f"generate must return text, got {type(answer).__name__}")
             attempts.append(answer)
             try:
-                return Expected.from_dict(extract_json(answer), prompt=text)
+                return parse(answer)
             except ExpectedSchemaError as e:
                 error = e
             if len(attempts) > self.max_retries:
@@ -330,6 +411,101 @@ class Controller:
             attempts,
             error,
         )
+
+
+@dataclass
+class LayoutPlanner:
+    """Step 4 of the loop by the controller: it proposes the corrected layout, and
+    :func:`~selfcorrect.diffusion.plan.plan_from_layout` turns it into edits.
+
+    Called as the deterministic :func:`~selfcorrect.diffusion.plan.plan` is (and a drop-in for
+    it in :func:`~selfcorrect.diffusion.loop.correct`). When every answer fails the schema, it
+    falls back to :func:`~selfcorrect.diffusion.plan.plan` for that round, logs a warning and
+    records the error in ``fallbacks``: a bad answer costs one round's plan, not the run.
+    """
+
+    controller: Controller
+    fallbacks: list[str] = field(default_factory=list)
+    name = "controller"
+
+    def __call__(self, expected: Expected, detections: dict, failing=None, avoid=()) -> list:
+        from selfcorrect.diffusion.plan import plan, plan_from_layout
+
+        try:
+            return plan_from_layout(expected, detections, self.controller.layout(expected, detections))
+        except ControllerError as e:
+            logger.warning("the controller's layout failed (%s); planning this round with the rules", e.error)
+            self.fallbacks.append(str(e.error))
+            return plan(expected, detections, failing, avoid=avoid)
+
+
+def layout_request(expected: Expected, detections: dict[str, Sequence]) -> str:
+    """The user turn of a layout call: the case as JSON (boxes rounded to 3 decimals)."""
+    detected = [
+        {"phrase": phrase, "box": [round(v, 3) for v in d.box]}
+        for phrase in dict.fromkeys(g.phrase() for g in expected.objects)
+        for d in detections.get(phrase, ())
+    ]
+    case = {
+        "prompt": expected.prompt,
+        "phrases": list(dict.fromkeys(g.phrase() for g in expected.objects)),
+        "expected": expected.to_dict(),
+        "detected": detected,
+    }
+    return json.dumps(case)
+
+
+def parse_layout(data, expected: Expected) -> list[tuple[str, Box]]:
+    """Validate a layout answer ``{"objects": [{"phrase", "box"}, ...]}`` against ``expected``.
+
+    Every phrase must be one of ``expected``'s groups; every box four numbers in [0, 1] with
+    ``x0 < x1`` and ``y0 < y1``; each group must have its count (exactly, or at least); and every
+    relation must hold between every pair of its groups' boxes
+    (:func:`~selfcorrect.diffusion.plan.holds`).
+
+    Raises:
+        ExpectedSchemaError: the first problem, naming the field (``objects[2].box``).
+    """
+    from selfcorrect.diffusion.plan import holds
+
+    if not isinstance(data, dict) or not isinstance(data.get("objects"), list):
+        raise ExpectedSchemaError('the answer must be {"objects": [{"phrase": ..., "box": [...]}, ...]}')
+    phrases = [g.phrase() for g in expected.objects]
+    layout: list[tuple[str, Box]] = []
+    for i, item in enumerate(data["objects"]):
+        where = f"objects[{i}]"
+        if not isinstance(item, dict) or set(item) != {"phrase", "box"}:
+            raise ExpectedSchemaError(f'{where}: must be {{"phrase": ..., "box": [x0, y0, x1, y1]}}')
+        phrase, box = item["phrase"], item["box"]
+        if phrase not in phrases:
+            raise ExpectedSchemaError(f"{where}.phrase: {phrase!r} is not one of {phrases}")
+        if (
+            not isinstance(box, list)
+            or len(box) != 4
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)
+        ):
+            raise ExpectedSchemaError(f"{where}.box: must be four numbers [x0, y0, x1, y1]")
+        x0, y0, x1, y1 = (float(v) for v in box)
+        if not (0.0 <= x0 < x1 <= 1.0 and 0.0 <= y0 < y1 <= 1.0):
+            raise ExpectedSchemaError(f"{where}.box: {box} must lie in [0, 1] with x0 < x1 and y0 < y1")
+        layout.append((phrase, (x0, y0, x1, y1)))
+    for group in expected.objects:
+        n = sum(p == group.phrase() for p, _ in layout)
+        exact = group.exact or group.count == 0
+        if (n != group.count) if exact else (n < group.count):
+            wanted = ("exactly " if group.exact else "at least ") + str(group.count)
+            raise ExpectedSchemaError(
+                f"objects: {n} {group.phrase(plural=True)}, the prompt asks for {wanted}"
+            )
+    for r, rel in enumerate(expected.relations):
+        a, b = expected.objects[rel.subject].phrase(), expected.objects[rel.reference].phrase()
+        for pa, ba in layout:
+            for pb, bb in layout:
+                if pa == a and pb == b and not holds(ba, rel.relation, bb):
+                    raise ExpectedSchemaError(
+                        f"relations[{r}]: the {a} at {list(ba)} is not {rel.relation} the {b} at {list(bb)}"
+                    )
+    return layout
 
 
 @dataclass

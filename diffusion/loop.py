@@ -11,6 +11,8 @@
 * the pipeline is loaded once and **edits reuse the generation's latents** (no inversion, nothing
   reloaded per call); NaN/inf latents stop with a clear error;
 * the plan is computed from typed data (:mod:`selfcorrect.diffusion.plan`), not diffed names;
+  a chat model may propose the layout instead (``planner=LayoutPlanner(controller)``), and its
+  answer is validated like the prompt parse;
 * rounds are bounded (``rounds``) and the trace records everything: per round the critique,
   detections, plan, edits, scores, seeds and timings.
 
@@ -116,6 +118,7 @@ def correct(
     config: LoopConfig | None = None,
     seed: int = 0,
     start: Candidate | None = None,
+    planner=None,
 ) -> Trace:
     """Generate an image for ``prompt`` (or take ``start``) and correct it.
 
@@ -129,6 +132,9 @@ def correct(
         seed: the first generation's seed; round ``r`` edits with ``seed + 1000 * r``.
         start: correct this image instead of generating one (latents from
             :func:`encode_image`); its verdict may be None.
+        planner: step 4, ``planner(expected, detections, failing, avoid) -> [EditOp]``; default
+            the deterministic :func:`~selfcorrect.diffusion.plan.plan` (or e.g. a
+            :class:`~selfcorrect.diffusion.controller.LayoutPlanner`).
 
     Returns:
         A :class:`Trace`; ``trace.final`` is the best image.
@@ -184,7 +190,7 @@ def correct(
         if config.gate_on_findings and len(findings) == n_requirements:
             failing = {i for i, f in enumerate(findings) if not f.passed}
         known = [d.box for ds in detections.values() for d in ds]
-        ops = plan(expected, detections, failing, avoid=salient_boxes(current.latents, known))
+        ops = (planner or plan)(expected, detections, failing, avoid=salient_boxes(current.latents, known))
         record["plan"] = [op.to_dict() for op in ops]
         if not ops:
             trace.stopped = "nothing to edit"

@@ -225,3 +225,85 @@ def plan(
             layout[rel.subject][layout[rel.subject].index(a)] = box
             occupied = others + [box]
     return ops
+
+
+def plan_from_layout(
+    expected: Expected,
+    detections: dict[str, Sequence],
+    layout: Sequence[tuple[str, Box]],
+) -> list[EditOp]:
+    """Edit operations that turn the detected layout into a proposed one (SLD's LLM planning).
+
+    SLD asks its LLM for the corrected layout and diffs it against the detections by name and
+    IoU > 0.9, so a recolour becomes delete + add and a moved object is deleted and drawn anew
+    (``notes/anchor-sld.md``). Here each proposed object is matched, in order, to the detection it
+    least changes:
+
+    1. a detection of its phrase overlapping it (IoU >= 0.5): kept as it is;
+    2. else the nearest detection of its phrase: moved;
+    3. else an unclaimed detection of its bare noun (right kind, wrong attributes): recoloured
+       in place (and moved too when the proposed box is elsewhere);
+    4. else: added at the proposed box.
+
+    Detections of an expected group's phrase that no proposed object took are deleted.
+
+    Args:
+        expected: what the prompt asks for (its phrases are the ones ``layout`` may use).
+        detections: phrase -> detections (with ``box`` and ``score``), as for :func:`plan`.
+        layout: the proposed objects, ``(phrase, box)``, e.g. from
+            :meth:`~selfcorrect.diffusion.controller.Controller.layout`.
+
+    Returns:
+        The operations: per proposed object in order, then the deletions.
+    """
+    phrases = [g.phrase() for g in expected.objects]
+    found = {p: sorted(detections.get(p, ()), key=lambda d: -d.score) for p in queries(expected)}
+    claimed = [d.box for p in phrases for d in found[p]]
+    unclaimed = {
+        g.noun: [d.box for d in found[g.noun] if all(iou(d.box, c) < 0.5 for c in claimed)]
+        for g in expected.objects
+        if g.attributes
+    }
+    taken: list[Box] = []  # detections a proposed object kept, moved or recoloured
+
+    def free(boxes) -> list[Box]:
+        return [b for b in boxes if b not in taken]
+
+    ops: list[EditOp] = []
+    for phrase, box in layout:
+        noun = expected.objects[phrases.index(phrase)].noun
+        mine = free(d.box for d in found[phrase])
+        overlapping = [b for b in mine if iou(b, box) >= 0.5]
+        others = free(unclaimed.get(noun, []))
+        if overlapping:
+            taken.append(max(overlapping, key=lambda b: iou(b, box)))
+        elif mine:
+            source = min(mine, key=lambda b: _distance(b, box))
+            taken.append(source)
+            ops.append(
+                EditOp("move", phrase, target=box, source=source, reason="the proposed layout moves it")
+            )
+        elif others:
+            source = min(others, key=lambda b: _distance(b, box))
+            taken.append(source)
+            ops.append(
+                EditOp(
+                    "recolour", phrase, target=source, source=source, reason=f"a {noun} should be {phrase}"
+                )
+            )
+            if iou(source, box) < 0.5:
+                ops.append(
+                    EditOp("move", phrase, target=box, source=source, reason="the proposed layout moves it")
+                )
+        else:
+            ops.append(EditOp("add", phrase, target=box, reason="the proposed layout has it"))
+    for phrase in phrases:
+        for source in free(d.box for d in found[phrase]):
+            taken.append(source)  # one delete per box, whichever groups' phrases found it
+            ops.append(EditOp("delete", phrase, source=source, reason="the proposed layout leaves it out"))
+    return ops
+
+
+def _distance(a: Box, b: Box) -> float:
+    """Squared distance between box centres."""
+    return ((a[0] + a[2]) - (b[0] + b[2])) ** 2 / 4 + ((a[1] + a[3]) - (b[1] + b[3])) ** 2 / 4

@@ -56,6 +56,7 @@ class Corrector:
     critic: Any
     config: LoopConfig
     names: dict
+    planner: Any = None
 
     @classmethod
     def build(
@@ -66,6 +67,7 @@ class Corrector:
         detector: str = "clip-proposals",
         vlm: str | None = None,
         controller: str | None = None,
+        planner: str = "rules",
         config: LoopConfig | None = None,
         device: str = "cpu",
     ) -> Corrector:
@@ -79,11 +81,17 @@ class Corrector:
             vlm: the VLM both critic and detector use (default: the world VLM); loaded once.
             controller: a chat model (hub id or folder) that parses free-text prompts; without
                 it, prompts must follow the world grammar.
+            planner: ``"rules"`` (the deterministic planner) or ``"controller"`` (the
+                controller proposes each round's layout; needs ``controller``).
         """
         from selfcorrect.critics import CRITICS
         from selfcorrect.vision.detectors import load_detector
         from selfcorrect.vision.vlm import VLM, WORLD
 
+        if planner not in ("rules", "controller"):
+            raise SelfcorrectError(f"unknown planner {planner!r}; choose rules or controller")
+        if planner == "controller" and not controller:
+            raise SelfcorrectError("the controller planner needs a controller model (--controller MODEL)")
         if critic not in IMAGE_CRITICS:
             names = ", ".join(IMAGE_CRITICS)
             raise SelfcorrectError(f"critic {critic!r} cannot judge images; choose one of {names}")
@@ -92,9 +100,10 @@ class Corrector:
             shared = VLM.from_pretrained(vlm or WORLD, device=device)
         built_detector = load_detector(detector, vlm=shared if detector == "vlm" else None, device=device)
         if controller:
-            from selfcorrect.diffusion.controller import Controller
+            from selfcorrect.diffusion.controller import Controller, LayoutPlanner
 
             parser = Controller.from_pretrained(controller, device=device)
+            planned_by = LayoutPlanner(parser) if planner == "controller" else None
             # the loop and a detection critic both ask for every prompt: a chat model answers once
             expect = functools.lru_cache(maxsize=1024)(parser.expected)
         else:
@@ -102,6 +111,8 @@ class Corrector:
 
             def expect(prompt: str) -> Expected:
                 return Expected.from_requirements(parse_prompt(prompt))
+
+            planned_by = None
 
         if critic == "clip":
             built_critic = CRITICS[critic](device=device)
@@ -115,8 +126,9 @@ class Corrector:
             "detector": detector,
             "vlm": str(vlm or WORLD),
             "parser": controller or "world grammar",
+            "planner": planner,
         }
-        return cls(loaded, expect, built_detector, built_critic, config or LoopConfig(), names)
+        return cls(loaded, expect, built_detector, built_critic, config or LoopConfig(), names, planned_by)
 
     def correct(self, prompt: str, seed: int = 0, image=None):
         """Run the loop for one prompt (on ``image``, a ``PIL.Image``, when given); returns the trace."""
@@ -133,6 +145,7 @@ class Corrector:
             config=self.config,
             seed=seed,
             start=start,
+            planner=self.planner,
         )
 
     def record(self) -> dict:

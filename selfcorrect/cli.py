@@ -118,6 +118,13 @@ def make_generate_parser(commands) -> None:
         help="a chat model (hub id or folder) that parses free-text prompts (default: the world grammar)",
     )
     p.add_argument(
+        "--planner",
+        choices=("rules", "controller"),
+        default="rules",
+        help="rules (default: the deterministic planner) or controller (the --controller model proposes "
+        "each round's layout, validated; rules plan a round whose answers fail)",
+    )
+    p.add_argument(
         "--strength", type=float, default=None, help="how much of the schedule an edit re-runs (default: 0.5)"
     )
     p.add_argument(
@@ -308,6 +315,8 @@ def cmd_generate(args) -> int:
         raise SelfcorrectError(f"--rounds must be 0 or more, got {args.rounds}")
     if args.strength is not None and not 0.0 < args.strength <= 1.0:
         raise SelfcorrectError(f"--strength must be in (0, 1], got {args.strength}")
+    if args.planner == "controller" and not args.controller:
+        raise SelfcorrectError("--planner controller needs a chat model: --controller MODEL")
     if args.output is None:
         from selfcorrect.diffusion.outputs import slug
 
@@ -367,6 +376,7 @@ def cmd_generate(args) -> int:
         detector=_detector(args),
         vlm=args.vlm,
         controller=args.controller,
+        planner=args.planner,
         config=LoopConfig(rounds=args.rounds, edit=edit, size=size, min_gain=args.min_gain),
         device=args.device,
     )

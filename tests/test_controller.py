@@ -13,11 +13,14 @@ import pytest
 from selfcorrect.diffusion.controller import (
     CONTROLLER_SYSTEM,
     FEW_SHOT,
+    LAYOUT_EXAMPLE,
     ChatGenerator,
     Controller,
     ControllerError,
+    LayoutPlanner,
     extract_json,
     few_shot_messages,
+    parse_layout,
 )
 from selfcorrect.diffusion.expected import RELATIONS, Expected, ExpectedObject, ExpectedSchemaError
 from selfcorrect.errors import PromptError, SelfcorrectError
@@ -328,3 +331,87 @@ def test_folder_without_weights_is_a_clear_error(tiny_path, tmp_path):
         weights.unlink()
     with pytest.raises(ModelNotFoundError, match="no weights"):
         Controller.from_pretrained(path)
+
+
+# ------------------------------------------------------------------------------------ layouts
+
+LAYOUT_EXPECTED = Expected.from_dict(VALID, prompt=PROMPT)  # two red circles left of a blue square
+GOOD_LAYOUT = [
+    ("red circle", (0.05, 0.1, 0.25, 0.3)),
+    ("red circle", (0.05, 0.6, 0.25, 0.8)),
+    ("blue square", (0.6, 0.35, 0.85, 0.6)),
+]
+
+
+def _layout_text(layout) -> str:
+    return json.dumps({"objects": [{"phrase": p, "box": list(b)} for p, b in layout]})
+
+
+def test_layout_example_and_a_good_layout_pass_the_validator():
+    expected, detections, answer = LAYOUT_EXAMPLE
+    assert parse_layout(json.loads(_layout_text(answer)), expected) == answer
+    assert detections["red circle"][0].box == answer[0][1]  # the example keeps what is right
+    assert parse_layout(json.loads(_layout_text(GOOD_LAYOUT)), LAYOUT_EXPECTED) == GOOD_LAYOUT
+
+
+@pytest.mark.parametrize(
+    "layout, message",
+    [
+        (GOOD_LAYOUT[:2], "0 blue squares, the prompt asks for at least 1"),
+        (
+            GOOD_LAYOUT + [("red circle", (0.05, 0.35, 0.2, 0.5))],
+            "3 red circles, the prompt asks for exactly 2",
+        ),
+        ([("green circle", (0.1, 0.1, 0.2, 0.2))], "objects\\[0\\].phrase: 'green circle' is not one of"),
+        ([("red circle", (0.3, 0.1, 0.2, 0.2))], "objects\\[0\\].box: .* x0 < x1"),
+        ([("red circle", (0.1, 0.1, 0.2, 1.5))], "objects\\[0\\].box"),
+        (
+            [GOOD_LAYOUT[0], ("red circle", (0.7, 0.7, 0.9, 0.9)), GOOD_LAYOUT[2]],
+            "relations\\[0\\]: the red circle at \\[0.7, 0.7, 0.9, 0.9\\] is not left of",
+        ),
+    ],
+)
+def test_bad_layouts_name_the_problem(layout, message):
+    with pytest.raises(ExpectedSchemaError, match=message):
+        parse_layout(json.loads(_layout_text(layout)), LAYOUT_EXPECTED)
+
+
+def test_layout_shapes_that_are_not_the_schema():
+    for data in (
+        [],
+        {"objects": "x"},
+        {"objects": [{"phrase": "red circle"}]},
+        {"objects": [{"phrase": "red circle", "box": [0, 0, 1]}]},
+    ):
+        with pytest.raises(ExpectedSchemaError):
+            parse_layout(data, LAYOUT_EXPECTED)
+
+
+def test_layout_call_sends_the_case_and_retries_with_the_error():
+    from selfcorrect.vision.detectors import Detection
+
+    found = {"red circle": [Detection("red circle", (0.05, 0.1, 0.25, 0.3), 0.9)]}
+    canned = Canned(_layout_text(GOOD_LAYOUT[:2]), "```json\n" + _layout_text(GOOD_LAYOUT) + "\n```")
+    assert Controller(canned).layout(LAYOUT_EXPECTED, found) == GOOD_LAYOUT
+    first, second = canned.calls
+    case = json.loads(first[-1]["content"])
+    assert case["phrases"] == ["red circle", "blue square"] and case["prompt"] == PROMPT
+    assert case["detected"] == [{"phrase": "red circle", "box": [0.05, 0.1, 0.25, 0.3]}]
+    assert [m["role"] for m in first] == ["system", "user", "assistant", "user"]
+    assert "0 blue squares" in second[-1]["content"] and second[-2]["role"] == "assistant"
+
+
+def test_layout_planner_plans_from_the_layout_and_falls_back_to_the_rules():
+    from selfcorrect.diffusion.plan import plan
+    from selfcorrect.vision.detectors import Detection
+
+    found = {"red circle": [Detection("red circle", (0.05, 0.1, 0.25, 0.3), 0.9)], "blue square": []}
+    planner = LayoutPlanner(Controller(Canned(_layout_text(GOOD_LAYOUT))))
+    ops = planner(LAYOUT_EXPECTED, found)
+    assert [(op.kind, op.phrase, op.target) for op in ops] == [
+        ("add", "red circle", GOOD_LAYOUT[1][1]),
+        ("add", "blue square", GOOD_LAYOUT[2][1]),
+    ]
+    broken = LayoutPlanner(Controller(Canned("no idea"), max_retries=1))
+    assert broken(LAYOUT_EXPECTED, found, None) == plan(LAYOUT_EXPECTED, found, None)
+    assert len(broken.fallbacks) == 1 and "no JSON object" in broken.fallbacks[0]

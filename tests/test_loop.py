@@ -136,6 +136,26 @@ def test_nothing_to_edit_stops_the_loop(pipe):
     assert trace.stopped == "nothing to edit" and trace.rounds[0]["plan"] == []
 
 
+def test_a_given_planner_replaces_the_rules(pipe):
+    from selfcorrect.diffusion.controller import Controller, LayoutPlanner
+
+    prompt = "a red circle"
+    box = (0.6, 0.6, 0.85, 0.85)
+    answer = json.dumps({"objects": [{"phrase": "red circle", "box": list(box)}]})
+    planner = LayoutPlanner(Controller(lambda messages: answer))
+    trace = correct(
+        pipe,
+        prompt,
+        expected=Expected.from_requirements(parse_prompt(prompt)),
+        detector=Blind(),
+        critic=ScriptedCritic([0.5], requirements=1),
+        config=LoopConfig(rounds=1, edit=FAST),
+        planner=planner,
+    )
+    assert [(op["kind"], op["target"]) for op in trace.rounds[0]["plan"]] == [("add", list(box))]
+    assert planner.fallbacks == []
+
+
 def test_nan_latents_during_an_edit_are_refused(pipe, monkeypatch):
     real = pipe.unet.forward
 
@@ -233,6 +253,7 @@ def test_generate_corrects_and_writes_everything(tiny_world_pipeline, tmp_path, 
         (["--strength", "0"], "--strength"),
         (["--critic", "lookback"], "cannot judge images"),
         (["--input", "missing.png"], "missing.png"),
+        (["--planner", "controller"], "--controller MODEL"),
     ],
 )
 def test_generate_bad_input_exits_2(tiny_world_pipeline, tmp_path, capsys, argv, message):

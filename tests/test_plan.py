@@ -3,7 +3,7 @@
 import pytest
 
 from selfcorrect.diffusion.expected import Expected, ExpectedObject, ExpectedRelation, ExpectedSchemaError
-from selfcorrect.diffusion.plan import free_box, holds, iou, plan, queries
+from selfcorrect.diffusion.plan import free_box, holds, iou, plan, plan_from_layout, queries
 from selfcorrect.vision.detectors import Detection
 from selfcorrect.world.grammar import parse_prompt
 
@@ -143,3 +143,35 @@ def test_new_objects_avoid_undetected_things():
     thing = (0.0, 0.0, 0.6, 0.6)  # something the detector did not name
     (op,) = plan(e, {}, avoid=[thing])
     assert op.kind == "add" and iou(op.target, thing) == 0.0
+
+
+def test_plan_from_layout_keeps_moves_recolours_adds_and_deletes():
+    e = expected("two red circles left of a blue square")
+    kept, far = (0.05, 0.1, 0.25, 0.3), (0.8, 0.8, 0.95, 0.95)
+    green = (0.4, 0.7, 0.6, 0.9)  # a circle of the wrong colour
+    extra = (0.5, 0.05, 0.65, 0.2)
+    found = {
+        "red circle": [Detection("x", kept, 0.9), Detection("x", far, 0.8), Detection("x", extra, 0.3)],
+        "blue square": [],
+        "circle": [Detection("x", kept, 0.9), Detection("x", far, 0.8), Detection("x", green, 0.7)],
+        "square": [],
+    }
+    moved_to, square = (0.05, 0.5, 0.25, 0.7), (0.7, 0.3, 0.9, 0.5)
+    layout = [("red circle", kept), ("red circle", moved_to), ("blue square", square)]
+    ops = plan_from_layout(e, found, layout)
+    assert [(op.kind, op.phrase, op.source, op.target) for op in ops] == [
+        ("move", "red circle", extra, moved_to),  # the nearest free red circle goes there
+        ("add", "blue square", None, square),
+        ("delete", "red circle", far, None),
+    ]
+    # No free red circle left: the unclaimed (green) circle is recoloured, then moved.
+    ops = plan_from_layout(e, {**found, "red circle": [Detection("x", kept, 0.9)]}, layout)
+    assert [(op.kind, op.source, op.target) for op in ops] == [
+        ("recolour", green, green),
+        ("move", green, moved_to),
+        ("add", None, square),
+    ]
+    # A layout the detections already show needs nothing.
+    two = expected("two red circles")
+    shown = {"red circle": [Detection("x", kept, 0.9), Detection("x", far, 0.8)], "circle": []}
+    assert plan_from_layout(two, shown, [("red circle", far), ("red circle", kept)]) == []
