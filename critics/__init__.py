@@ -83,15 +83,20 @@ def build_tldr_critic(*, head=None, vlm=None, device: str = "cpu", **options):
     return TldrCritic.from_pretrained(head, vlm=backbone, device=device, **options)
 
 
-def build_detection_critic(*, detector=None, device: str = "cpu", **options):
+def build_detection_critic(
+    *, detector=None, device: str = "cpu", detector_options: dict | None = None, **options
+):
     """:class:`~selfcorrect.critics.detection.DetectionCritic`; ``detector`` a detector object or a
-    name of :data:`selfcorrect.vision.detectors.DETECTORS` (default ``"clip-proposals"``); other
-    options go to the class (``min_score=``, ``expected_of=``)."""
+    name of :data:`selfcorrect.vision.detectors.DETECTORS` (default ``"clip-proposals"``, loaded
+    with ``detector_options``); other options go to the class (``min_score=``, ``expected_of=``)."""
     from selfcorrect.critics.detection import DetectionCritic
     from selfcorrect.vision.detectors import load_detector
 
     if detector is None or isinstance(detector, str):
-        detector = load_detector(detector or "clip-proposals", device=device)
+        name = detector or "clip-proposals"
+        # weak detections grade the findings (partial credit); min_score decides what counts
+        weak = {"min_probability": 0.05} if name == "clip-proposals" else {}
+        detector = load_detector(name, device=device, **{**weak, **(detector_options or {})})
     return DetectionCritic(detector, **options)
 
 

@@ -59,13 +59,16 @@ class DetectionCritic:
             detection has ``box`` (normalised) and ``score``); ``detect_many(images, phrases)``
             is used when it has one.
         expected_of: ``prompt -> Expected``; default :func:`world_expected`.
-        min_score: detections below this confidence do not count.
+        min_score: detections below this confidence are not counted (nor placed); they only
+            grade a finding (a missing object that some region might be earns partial credit).
+            Give the critic a detector that reports such weak detections (e.g. clip-proposals
+            with ``min_probability=0.05``, as :data:`~selfcorrect.critics.CRITICS` builds it).
     """
 
     kinds = frozenset({"image", "pairwise"})
     name = "detection"
 
-    def __init__(self, detector, *, expected_of: Callable | None = None, min_score: float = 0.0):
+    def __init__(self, detector, *, expected_of: Callable | None = None, min_score: float = 0.5):
         if not 0.0 <= min_score <= 1.0:
             raise ValueError(f"min_score must be in [0, 1], got {min_score}")
         self.detector = detector
@@ -114,13 +117,12 @@ class DetectionCritic:
     def _verdict(self, expected, found: dict[str, list]) -> ImageVerdict:
         from selfcorrect.diffusion.plan import holds
 
-        instances = [
-            sorted(
-                (d for d in found.get(g.phrase(), ()) if d.score >= self.min_score), key=lambda d: -d.score
-            )
-            for g in expected.objects
+        # candidates grade the findings; instances (confident enough) are counted and placed
+        candidates = [sorted(found.get(g.phrase(), ()), key=lambda d: -d.score) for g in expected.objects]
+        instances = [[d for d in ds if d.score >= self.min_score] for ds in candidates]
+        findings = [
+            _group_finding(g, ds, len(mine)) for g, ds, mine in zip(expected.objects, candidates, instances)
         ]
-        findings = [_group_finding(g, ds) for g, ds in zip(expected.objects, instances)]
         for rel in expected.relations:
             a, b = instances[rel.subject], instances[rel.reference]
             words = f"{expected.objects[rel.subject].phrase()} {rel.relation} {expected.objects[rel.reference].phrase()}"
@@ -152,19 +154,22 @@ class DetectionCritic:
         )
 
 
-def _group_finding(group, found: list) -> Finding:
-    """The finding for one object group, given its detections (highest confidence first)."""
-    n, c = len(found), group.count
+def _group_finding(group, found: list, n: int) -> Finding:
+    """The finding for one object group, given its detections (highest confidence first), the
+    first ``n`` of which are confident enough to count."""
+    c = group.count
     if c == 0:
         words = f"no {group.phrase(plural=True)}"
         score = 1.0 - found[0].score if found else 1.0
-        return Finding(words, n == 0, score, _enclosing([d.box for d in found]), f"{n} found")
+        return Finding(words, n == 0, score, _enclosing([d.box for d in found[:n]]), f"{n} found")
     score = sum(d.score for d in found[:c]) / c
     if group.exact and n > c:
         score *= c / n
     words = f"{'exactly' if group.exact else 'at least'} {c} {group.phrase(plural=c > 1)}"
     passed = n == c if group.exact else n >= c
-    return Finding(words, passed, min(max(score, 0.0), 1.0), _enclosing([d.box for d in found]), f"{n} found")
+    return Finding(
+        words, passed, min(max(score, 0.0), 1.0), _enclosing([d.box for d in found[:n]]), f"{n} found"
+    )
 
 
 def _enclosing(boxes: list[Box]) -> Box | None:

@@ -116,8 +116,11 @@ class Corrector:
 
         if critic == "clip":
             built_critic = CRITICS[critic](device=device)
-        elif critic == "detection":  # judges with the loop's own detector and prompt parser
-            built_critic = CRITICS[critic](detector=built_detector, expected_of=expect)
+        elif critic == "detection":
+            # the loop's prompt parser; its own clip-proposals (cheap, and reporting the weak
+            # detections that grade its findings), else the loop's detector, shared
+            judge = detector if detector == "clip-proposals" else built_detector
+            built_critic = CRITICS[critic](detector=judge, device=device, expected_of=expect)
         else:
             built_critic = CRITICS[critic](vlm=shared)
 

@@ -653,12 +653,11 @@ def cmd_eval_critics(args) -> int:
         else:
             critics["clip"] = CRITICS["clip"](clip=clip, batch_size=max(args.batch_size, 64))
     if "detection" in wanted:
-        from selfcorrect.vision.detectors import load_detector
-
         # the proposals are labelled by the CLIP under test (--clip), like the clip critic
         options = {"clip": args.clip} if args.detector == "clip-proposals" and args.clip else {}
-        detector = load_detector(args.detector, device=args.device, **options)
-        critics["detection"] = CRITICS["detection"](detector=detector)
+        critics["detection"] = CRITICS["detection"](
+            detector=args.detector, device=args.device, detector_options=options
+        )
     step_critic = None
     if "lookback" in wanted:
         step_critic = CRITICS["lookback"](vlm=vlm, batch_size=args.batch_size, **generating)

@@ -46,7 +46,7 @@ def test_counts_and_relations_become_findings_in_expected_order():
 
 def test_wrong_counts_broken_relations_and_negations_fail_with_graded_scores():
     detector = FakeDetector(
-        {"red circle": [(RIGHT, 0.9), (LEFT, 0.6), (MIDDLE, 0.3)], "blue square": [(MIDDLE, 1.0)]}
+        {"red circle": [(RIGHT, 0.9), (LEFT, 0.6), (MIDDLE, 0.55)], "blue square": [(MIDDLE, 1.0)]}
     )
     verdict = DetectionCritic(detector).critique(IMAGE, "two red circles left of a blue square")
     extra, _, relation = verdict.findings
@@ -56,12 +56,26 @@ def test_wrong_counts_broken_relations_and_negations_fail_with_graded_scores():
     assert not verdict.passed and "fails: exactly 2 red circles" in verdict.explanation
 
     square = [(MIDDLE, 1.0)]
-    none = DetectionCritic(FakeDetector({"red circle": [(LEFT, 0.25)], "square": square}))
+    none = DetectionCritic(FakeDetector({"red circle": [(LEFT, 0.75)], "square": square}))
     verdict = none.critique(IMAGE, "a square and no red circles")
     assert verdict.findings[1].requirement == "no red circles"
-    assert not verdict.findings[1].passed and verdict.findings[1].score == pytest.approx(0.75)
+    assert not verdict.findings[1].passed and verdict.findings[1].score == pytest.approx(0.25)
     clean = DetectionCritic(FakeDetector({"square": square})).critique(IMAGE, "a square and no red circles")
     assert clean.passed and clean.score == 1.0
+
+
+def test_weak_detections_grade_findings_but_do_not_count():
+    weak = FakeDetector({"red circle": [(LEFT, 0.9), (RIGHT, 0.2)]})
+    verdict = DetectionCritic(weak).critique(IMAGE, "two red circles")
+    assert not verdict.passed and verdict.findings[0].explanation == "1 found"
+    assert verdict.findings[0].score == pytest.approx((0.9 + 0.2) / 2)  # partial credit for the maybe
+    assert verdict.findings[0].box == LEFT  # only counted detections are placed
+    assert verdict.details["detections"]["red circle"] == [{"box": list(LEFT), "score": 0.9}]
+    assert DetectionCritic(weak).critique(IMAGE, "one red circle").passed  # the weak one is not a second
+    assert not DetectionCritic(weak, min_score=0.1).critique(IMAGE, "one red circle").passed
+    negation = DetectionCritic(FakeDetector({"red circle": [(LEFT, 0.25)], "square": [(MIDDLE, 1.0)]}))
+    verdict = negation.critique(IMAGE, "a square and no red circles")
+    assert verdict.passed and verdict.findings[1].score == pytest.approx(0.75)
 
 
 def test_a_missing_group_fails_its_relation_with_score_zero():
@@ -72,12 +86,9 @@ def test_a_missing_group_fails_its_relation_with_score_zero():
     assert verdict.findings[2].score == 0.0 and verdict.findings[2].explanation == "no blue square found"
 
 
-def test_min_score_drops_weak_detections():
-    detector = FakeDetector({"red circle": [(LEFT, 0.9), (RIGHT, 0.2)]})
-    assert not DetectionCritic(detector).critique(IMAGE, "one red circle").passed  # exactly one: two found
-    assert DetectionCritic(detector, min_score=0.5).critique(IMAGE, "one red circle").passed
+def test_min_score_is_checked():
     with pytest.raises(ValueError, match="min_score"):
-        DetectionCritic(detector, min_score=2)
+        DetectionCritic(FakeDetector({}), min_score=2)
 
 
 def test_compare_prefers_the_better_image_and_ties_equal_ones():
