@@ -15,13 +15,14 @@ default; pass ``expected_of`` for free text, e.g. a controller's
 ``Expected`` lists requirements (object groups, then relations), so the loop can plan for
 exactly the failed ones.
 
-**Scores.** The detector's confidence ``s`` of each detection of a group's full phrase (highest
-first, ``s_1 >= s_2 >= ...``; detections below ``min_score`` are ignored) grades each finding:
+**Scores.** The detector's confidences of the detections of a group's full phrase, highest first
+(``s_1 >= s_2 >= ...``), grade each finding; ``n`` counts those of at least ``min_score``, the
+*instances* (weaker ones only earn partial credit, e.g. for an object the detector is unsure of):
 
 ======================== ============================================= ============================
 requirement              score                                         passes when
 ======================== ============================================= ============================
-at least ``c`` (c >= 1)  ``(s_1 + ... + s_min(n,c)) / c``              ``n >= c``
+at least ``c`` (c >= 1)  ``(s_1 + ... + s_c) / c`` (missing s are 0)   ``n >= c``
 exactly ``c``            as above, times ``c / n`` when ``n > c``      ``n == c``
 none (``c == 0``)        ``1 - s_1`` (1 when nothing is found)         ``n == 0``
 relation A rel B         share of (A, B) instance pairs that hold      every pair holds (and both

@@ -30,12 +30,8 @@ from selfcorrect.diffusion.loop import Candidate, LoopConfig, correct, encode_im
 from selfcorrect.diffusion.outputs import append_pairs, slug, write_outputs
 from selfcorrect.errors import SelfcorrectError
 
-IMAGE_CRITICS = (
-    "detection",
-    "clip",
-    "vqa",
-    "llava_critic",
-)  # the critics of selfcorrect.critics that judge images
+# the critics of selfcorrect.critics that judge images
+IMAGE_CRITICS = ("detection", "clip", "vqa", "llava_critic")
 
 
 @dataclass

@@ -28,6 +28,9 @@ Usage::
 
     python -m selfcorrect.train.world_vlm --profile cpu --output-dir runs/world-vlm
     accelerate launch -m selfcorrect.train.world_vlm --profile gpu --output-dir runs/world-vlm
+    # continue a saved model (same profile sizes), reweighting tasks:
+    python -m selfcorrect.train.world_vlm --profile cpu --output-dir runs/more \
+        --init-model selfcorrect/weights/world-vlm --mix vqa=0.45,ground=0.15 --lr 5e-4
 
 The model lands in ``OUTPUT_DIR/model`` (fp16 safetensors, config, processor files and
 ``selfcorrect_training.json`` with a quick validation); copy it to ``selfcorrect/weights/world-vlm``
