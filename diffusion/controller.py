@@ -28,6 +28,11 @@ and two runs of one prompt can parse differently. Here instead:
 * **Deterministic decoding.** :meth:`Controller.from_pretrained` decodes greedily, so a prompt
   gives the same answer every time.
 
+The same model can also plan step 4 (:meth:`Controller.layout`, :class:`LayoutPlanner`): given
+what the image must contain and what the detector found, it proposes the corrected layout as JSON
+(phrases and boxes), validated by :func:`parse_layout` (known phrases, the counts, boxes in the
+image, every relation holding) with the same bounded retries; SLD asks its LLM for this too.
+
 The model is any callable ``generate(messages) -> str`` over chat messages (``{"role", "content"}``
 strings), so an API client or a canned test stub fits as well as a local transformers model
 (:class:`ChatGenerator`, built by :meth:`Controller.from_pretrained`).
