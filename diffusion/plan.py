@@ -122,14 +122,8 @@ def plan(
         The operations, in a fixed order (groups in prompt order, then relations).
     """
     groups = expected.objects
-    found = {p: sorted(detections.get(p, ()), key=lambda d: -d.score) for p in queries(expected)}
+    found, unclaimed = _found_and_unclaimed(expected, detections)
     full = [found[g.phrase()] for g in groups]
-    claimed = [d.box for instances in full for d in instances]
-    unclaimed = {
-        g.noun: [d for d in found[g.noun] if all(iou(d.box, c) < 0.5 for c in claimed)]
-        for g in groups
-        if g.attributes
-    }
     sides = [(d.box[2] - d.box[0] + d.box[3] - d.box[1]) / 2 for ds in found.values() for d in ds]
     side = sorted(sides)[len(sides) // 2] if sides else DEFAULT_SIDE
     layout: dict[int, list[Box]] = {k: [d.box for d in full[k]] for k in range(len(groups))}
@@ -257,13 +251,7 @@ def plan_from_layout(
         The operations: per proposed object in order, then the deletions.
     """
     phrases = [g.phrase() for g in expected.objects]
-    found = {p: sorted(detections.get(p, ()), key=lambda d: -d.score) for p in queries(expected)}
-    claimed = [d.box for p in phrases for d in found[p]]
-    unclaimed = {
-        g.noun: [d.box for d in found[g.noun] if all(iou(d.box, c) < 0.5 for c in claimed)]
-        for g in expected.objects
-        if g.attributes
-    }
+    found, unclaimed = _found_and_unclaimed(expected, detections)
     taken: list[Box] = []  # detections a proposed object kept, moved or recoloured
 
     def free(boxes) -> list[Box]:
@@ -274,7 +262,7 @@ def plan_from_layout(
         noun = expected.objects[phrases.index(phrase)].noun
         mine = free(d.box for d in found[phrase])
         overlapping = [b for b in mine if iou(b, box) >= 0.5]
-        others = free(unclaimed.get(noun, []))
+        others = free(d.box for d in unclaimed.get(noun, []))
         if overlapping:
             taken.append(max(overlapping, key=lambda b: iou(b, box)))
         elif mine:
@@ -302,6 +290,20 @@ def plan_from_layout(
             taken.append(source)  # one delete per box, whichever groups' phrases found it
             ops.append(EditOp("delete", phrase, source=source, reason="the proposed layout leaves it out"))
     return ops
+
+
+def _found_and_unclaimed(expected: Expected, detections: dict[str, Sequence]) -> tuple[dict, dict]:
+    """The detections of every phrase of :func:`queries`, most confident first, and per noun of a
+    group with attributes the *unclaimed* ones: detections of the bare noun that overlap no
+    detection of any group's full phrase (objects of the right kind with the wrong attributes)."""
+    found = {p: sorted(detections.get(p, ()), key=lambda d: -d.score) for p in queries(expected)}
+    claimed = [d.box for g in expected.objects for d in found[g.phrase()]]
+    unclaimed = {
+        g.noun: [d for d in found[g.noun] if all(iou(d.box, c) < 0.5 for c in claimed)]
+        for g in expected.objects
+        if g.attributes
+    }
+    return found, unclaimed
 
 
 def _distance(a: Box, b: Box) -> float:
