@@ -218,7 +218,7 @@ def test_vision_tower_starts_exactly_from_the_world_clip():
         list(world_vlm.SPECIAL_TOKENS), bos_token="<s>", eos_token="</s>", pad_token="<pad>"
     )
     model = world_vlm.build_model(world_vlm.PROFILES["cpu"], tokenizer, vision_act="gelu")
-    world_vlm.init_vision_from_open_clip(model, clip)
+    world_vlm.init_vision_from_open_clip(model.model.vision_tower, clip)
     pixels = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         ours = model.model.vision_tower(pixels).pooler_output @ clip.visual.proj
@@ -226,7 +226,7 @@ def test_vision_tower_starts_exactly_from_the_world_clip():
     assert torch.allclose(ours, theirs, atol=1e-4)
     tiny = world_vlm.build_model(world_vlm.PROFILES["tiny"], tokenizer, vision_act="gelu")
     with pytest.raises(SelfcorrectError, match="does not fit"):
-        world_vlm.init_vision_from_open_clip(tiny, clip)
+        world_vlm.init_vision_from_open_clip(tiny.model.vision_tower, clip)
     quick = world_vlm.build_model(world_vlm.PROFILES["cpu"], tokenizer)  # quick_gelu: another network
     with pytest.raises(SelfcorrectError, match="activation quick_gelu"):
-        world_vlm.init_vision_from_open_clip(quick, clip)
+        world_vlm.init_vision_from_open_clip(quick.model.vision_tower, clip)

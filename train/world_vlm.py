@@ -31,6 +31,9 @@ Usage::
     # continue a saved model (same profile sizes), reweighting tasks:
     python -m selfcorrect.train.world_vlm --profile cpu --output-dir runs/more \
         --init-model selfcorrect/weights/world-vlm --mix vqa=0.45,ground=0.15 --lr 5e-4
+    # ... with a vision tower pretrained on dense labels (selfcorrect.train.world_vision):
+    python -m selfcorrect.train.world_vlm --profile cpu --output-dir runs/reads \
+        --init-model selfcorrect/weights/world-vlm --init-vision runs/world-vision/tower
 
 The model lands in ``OUTPUT_DIR/model`` (fp16 safetensors, config, processor files and
 ``selfcorrect_training.json`` with a quick validation); copy it to ``selfcorrect/weights/world-vlm``
@@ -205,8 +208,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--init-vision",
         type=Path,
         default=None,
-        help="start the vision tower from this open_clip folder (e.g. selfcorrect/weights/world-clip); "
-        "its width, depth and patch size must match the profile's",
+        help="start the vision tower from this folder: an open_clip model (e.g. selfcorrect/weights/world-clip) "
+        "or a tower pretrained by python -m selfcorrect.train.world_vision; its sizes must match the "
+        "profile's. With --init-model it replaces that model's tower and the projector starts anew",
     )
     p.add_argument(
         "--init-model",
@@ -305,19 +309,23 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     )
 
 
+def image_processor():
+    """CLIP's preprocessing for 64x64 images (CLIP's mean and std; other sizes resized and cropped)."""
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor(size={"shortest_edge": CANVAS}, crop_size={"height": CANVAS, "width": CANVAS})
+
+
 def build_processor(config: VLMConfig, tokenizer):
     """The :class:`transformers.LlavaProcessor`: 64x64 CLIP preprocessing, ``tokenizer``, the template.
 
     A 64x64 image passes through unchanged but for the normalisation (resizing its shortest edge
     to 64 and centre-cropping 64x64 are no-ops); other sizes are resized and cropped to 64x64.
     """
-    from transformers import CLIPImageProcessor, LlavaProcessor
+    from transformers import LlavaProcessor
 
-    image_processor = CLIPImageProcessor(
-        size={"shortest_edge": CANVAS}, crop_size={"height": CANVAS, "width": CANVAS}
-    )
     return LlavaProcessor(
-        image_processor=image_processor,
+        image_processor=image_processor(),
         tokenizer=tokenizer,
         patch_size=config.patch_size,
         vision_feature_select_strategy="default",
@@ -434,15 +442,11 @@ class Collator:
 # Model
 
 
-def build_model(config: VLMConfig, tokenizer, vision_act: str = "quick_gelu"):
-    """A randomly initialised :class:`transformers.LlavaForConditionalGeneration` for ``tokenizer``.
+def vision_config(config: VLMConfig, vision_act: str = "quick_gelu"):
+    """The :class:`transformers.CLIPVisionConfig` of the VLM's vision tower (64x64 images)."""
+    from transformers import CLIPVisionConfig
 
-    ``vision_act``: the vision tower's MLP activation; ``"gelu"`` to take an open_clip tower's
-    weights (see :func:`init_vision_from_open_clip`).
-    """
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
-
-    vision = CLIPVisionConfig(
+    return CLIPVisionConfig(
         hidden_size=config.vision_hidden,
         intermediate_size=4 * config.vision_hidden,
         num_hidden_layers=config.vision_layers,
@@ -451,6 +455,17 @@ def build_model(config: VLMConfig, tokenizer, vision_act: str = "quick_gelu"):
         patch_size=config.patch_size,
         hidden_act=vision_act,
     )
+
+
+def build_model(config: VLMConfig, tokenizer, vision_act: str = "quick_gelu"):
+    """A randomly initialised :class:`transformers.LlavaForConditionalGeneration` for ``tokenizer``.
+
+    ``vision_act``: the vision tower's MLP activation; ``"gelu"`` to take an open_clip tower's
+    weights (see :func:`init_vision_from_open_clip`).
+    """
+    from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    vision = vision_config(config, vision_act)
     text = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=config.text_hidden,
@@ -481,8 +496,8 @@ def build_model(config: VLMConfig, tokenizer, vision_act: str = "quick_gelu"):
     return model
 
 
-def init_vision_from_open_clip(model, clip) -> None:
-    """Copy an open_clip ViT's image tower into the LLaVA model's CLIP vision tower, in place.
+def init_vision_from_open_clip(tower, clip) -> None:
+    """Copy an open_clip ViT's image tower into a transformers CLIP vision tower, in place.
 
     The two are the same network under other names (pre-norm ViT with a class token, learned
     positions, bias-free patch convolution): open_clip's fused ``in_proj`` splits into the
@@ -492,8 +507,8 @@ def init_vision_from_open_clip(model, clip) -> None:
     open_clip state dicts.
 
     Args:
-        model: a :class:`transformers.LlavaForConditionalGeneration` built with
-            ``vision_act="gelu"`` (open_clip's default activation).
+        tower: a :class:`transformers.CLIPVisionModel` (a LLaVA model's ``model.vision_tower``)
+            with ``hidden_act="gelu"`` (open_clip's default activation).
         clip: an open_clip ``CLIP`` whose ``visual`` is a ``VisionTransformer`` of the same width,
             depth, heads and patch size.
 
@@ -502,11 +517,10 @@ def init_vision_from_open_clip(model, clip) -> None:
     """
     import torch
 
-    tower = model.model.vision_tower
-    tower = getattr(tower, "vision_model", tower)  # transformers < 5 nests the transformer one deeper
+    config = tower.config
+    tower = getattr(tower, "vision_model", tower)  # CLIPVisionModel holds the transformer
     visual = clip.visual
     source = {k: v.detach().float() for k, v in visual.state_dict().items()}
-    config = model.config.vision_config
     blocks = len(visual.transformer.resblocks)
     if (
         blocks != config.num_hidden_layers
@@ -548,6 +562,55 @@ def init_vision_from_open_clip(model, clip) -> None:
     left = [k for k in missing if "position_ids" not in k]
     if left or unexpected:
         raise SelfcorrectError(f"open_clip -> CLIP vision tower mapping is incomplete: {left or unexpected}")
+
+
+def vision_activation(folder: Path | None) -> str:
+    """The tower activation a model needs to take its tower from ``folder`` (see :func:`init_vision_from`)."""
+    if folder is None:
+        return "quick_gelu"
+    if (Path(folder) / "open_clip_config.json").is_file():
+        return "gelu"  # open_clip's
+    config = Path(folder) / "config.json"
+    if not config.is_file():
+        raise SelfcorrectError(f"{folder} holds neither an open_clip model nor a vision tower")
+    return json.loads(config.read_text()).get("hidden_act", "quick_gelu")
+
+
+def init_vision_from(model, folder: Path, config: VLMConfig, new_projector: bool = False) -> None:
+    """Start the LLaVA model's vision tower from ``folder``, in place.
+
+    ``folder`` holds an open_clip model (its image tower, see :func:`init_vision_from_open_clip`)
+    or a tower saved by :mod:`selfcorrect.train.world_vision`. ``new_projector``: re-initialise the
+    projector too (normal, std ``initializer_range``; zero biases, as transformers initialises it),
+    for a trained model whose projector was fitted to the tower being replaced.
+
+    Raises:
+        SelfcorrectError: no tower in ``folder``, or one of other sizes or activation.
+    """
+    import torch
+
+    tower = model.model.vision_tower
+    if (Path(folder) / "open_clip_config.json").is_file():
+        from selfcorrect.vision.clip import load_world_clip
+
+        init_vision_from_open_clip(tower, load_world_clip(folder).model)
+    else:
+        from selfcorrect.train.world_vision import load_tower
+
+        source = load_tower(folder, config)
+        if source.config.hidden_act != tower.config.hidden_act:
+            raise SelfcorrectError(
+                f"the tower in {folder} uses {source.config.hidden_act}, the model's {tower.config.hidden_act}"
+            )
+        tower.load_state_dict(source.state_dict())
+    if new_projector:
+        std = model.config.text_config.initializer_range
+        with torch.no_grad():
+            for layer in model.model.multi_modal_projector.modules():
+                if isinstance(layer, torch.nn.Linear):
+                    layer.weight.normal_(0.0, std)
+                    if layer.bias is not None:
+                        layer.bias.zero_()
 
 
 def parameter_counts(model) -> dict[str, int]:
@@ -678,8 +741,6 @@ def main(args: argparse.Namespace, conversations: Callable | None = None) -> Pat
     # --steps keeps every batch where it was when a resumed run is asked to train longer.
     B, N = config.batch_size, 10**9
     init_vision, init_model = getattr(args, "init_vision", None), getattr(args, "init_model", None)
-    if init_vision and init_model:
-        raise SelfcorrectError("--init-vision and --init-model exclude each other (the model has its tower)")
     if init_model:  # first: a model that does not fit fails before any data is made
         model = load_for_training(init_model, config)
         config.notes["init_model"] = str(init_model)
@@ -688,11 +749,9 @@ def main(args: argparse.Namespace, conversations: Callable | None = None) -> Pat
         accelerator, args.output_dir, config, conversations(N, args.seed, generated, mix=mix), init_model
     )
     if not init_model:
-        model = build_model(config, processor.tokenizer, vision_act="gelu" if init_vision else "quick_gelu")
+        model = build_model(config, processor.tokenizer, vision_act=vision_activation(init_vision))
     if init_vision:
-        from selfcorrect.vision.clip import load_world_clip
-
-        init_vision_from_open_clip(model, load_world_clip(init_vision).model)
+        init_vision_from(model, init_vision, config, new_projector=bool(init_model))
         config.notes["init_vision"] = str(init_vision)
     pretrained_vision = bool(init_vision or init_model)
 

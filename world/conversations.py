@@ -215,8 +215,12 @@ class ConversationSet:
 
     # --- images -------------------------------------------------------------------------------
 
-    def _scene_image(self, rng: random.Random, scene: Scene | None = None) -> tuple[Image.Image, list]:
-        """A rendered or degraded image and the objects really in it (a usable truth)."""
+    def scene_image(self, rng: random.Random, scene: Scene | None = None) -> tuple[Image.Image, list]:
+        """A rendered, degraded or generated image and the objects really in it (a usable truth).
+
+        Every perception task draws its image here; so does the vision tower's dense pretraining
+        (:mod:`selfcorrect.train.world_vision`), so that it sees the images the VLM will see.
+        """
         for _ in range(20):
             if self.generated and rng.random() < self.generated_share:
                 item = rng.choice(self.generated)
@@ -264,12 +268,12 @@ class ConversationSet:
     # --- perception ---------------------------------------------------------------------------
 
     def _caption(self, rng):
-        image, objects = self._scene_image(rng)
+        image, objects = self.scene_image(rng)
         text = caption(Scene(tuple(objects)), rng.choice(CAPTION_STYLES), rng)
         return [image], [(P.DESCRIBE, text)]
 
     def _vqa(self, rng):
-        image, objects = self._scene_image(rng)
+        image, objects = self.scene_image(rng)
         qa = scene_qa(Scene(tuple(objects)), rng)
         rng.shuffle(qa)
         turns = []
@@ -281,7 +285,7 @@ class ConversationSet:
         return [image], turns
 
     def _ground(self, rng):
-        image, objects = self._scene_image(rng)
+        image, objects = self.scene_image(rng)
         turns = []
         for _ in range(rng.randint(1, 3)):
             if rng.random() < 0.15:
@@ -299,19 +303,19 @@ class ConversationSet:
             image, results, prompt = self._judged_image(rng, prompt, fail=rng.random() < 0.5)
             holds = all(r.passed for r in results)
         else:  # a caption of the image, or one of its hard negatives
-            image, objects = self._scene_image(rng)
+            image, objects = self.scene_image(rng)
             prompt, holds = _caption_or_negative(Scene(tuple(objects)), rng)
         return [image], [(P.VQASCORE.format(text=prompt), P.YES if holds else P.NO)]
 
     # --- reasoning chains (LookBack / VISCO) --------------------------------------------------
 
     def _steps(self, rng):
-        image, objects = self._scene_image(rng)
+        image, objects = self.scene_image(rng)
         chain = _chain(objects, rng)
         return [image], [(P.SOLVE.format(question=chain.question), chain.text())]
 
     def _queries(self, rng):
-        image, objects = self._scene_image(rng)
+        image, objects = self.scene_image(rng)
         chain = _chain(objects, rng)
         k = rng.randrange(len(chain.steps))
         steps = "\n".join(f"Step {i + 1}: {s.text}" for i, s in enumerate(chain.steps[: k + 1]))
@@ -319,7 +323,7 @@ class ConversationSet:
         return [image], [(asked, chain.steps[k].query or P.NOT_APPLICABLE)]
 
     def _critique(self, rng):
-        image, objects = self._scene_image(rng)
+        image, objects = self.scene_image(rng)
         chain = _chain(objects, rng)
         shown, verdict = chain.with_errors(rng)
         evidence = ""
@@ -349,13 +353,13 @@ class ConversationSet:
         return vqa_prompt(item.question), wrong, 0, f"The answer is wrong: it is {truth}, not {wrong}."
 
     def _pointwise(self, rng):
-        image, objects = self._scene_image(rng)
+        image, objects = self.scene_image(rng)
         question, response, score, reasons = self._response(rng, objects)
         asked = P.LLAVA_CRITIC_POINTWISE.format(question=question, response=response)
         return [image], [(asked, f"{P.SCORE_PREFIX}{score}\n{reasons}")]
 
     def _pairwise(self, rng):
-        image, objects = self._scene_image(rng)
+        image, objects = self.scene_image(rng)
         for _ in range(10):
             a, b = self._response(rng, objects), self._response(rng, objects)
             if a[0] == b[0] and a[1] != b[1]:
@@ -393,7 +397,7 @@ class ConversationSet:
     # --- correction ---------------------------------------------------------------------------
 
     def _fix_caption(self, rng):
-        image, objects = self._scene_image(rng)
+        image, objects = self.scene_image(rng)
         scene = Scene(tuple(objects))
         truth = caption(scene, "positional", rng)
         negatives = hard_negatives(scene, truth, n=3, rng=rng)
