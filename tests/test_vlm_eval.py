@@ -9,6 +9,7 @@ import json
 import math
 
 import pytest
+import torch
 from PIL import Image
 
 from selfcorrect.cli import main
@@ -29,6 +30,7 @@ from selfcorrect.world.vlm_eval import (
     is_right,
     markdown_table,
     match_boxes,
+    measure_image_reliance,
     measure_throughput,
     rendered_samples,
 )
@@ -181,6 +183,36 @@ def test_throughput_times_both_paths_and_agreement(samples):
     assert result["chat"]["accuracy"] == 0.5 and result["agreement"] == 0.5
 
 
+def test_image_reliance_separates_a_reading_model_from_a_blind_one(samples):
+    table = perfect_table(samples, period=False)
+
+    class Reader:  # log p(answer) = -0.1 where it is this image's answer, else -2.0
+        def score(self, images, prompts, continuations, *, batch_size=8):
+            rows = [
+                [-0.1 if table.get((i.tobytes(), p)) == c[0] else -2.0]
+                for i, p, c in zip(images, prompts, continuations, strict=True)
+            ]
+            return torch.tensor(rows)
+
+    class Blind:  # the same answer probabilities whatever the image
+        def score(self, images, prompts, continuations, *, batch_size=8):
+            return torch.full((len(prompts), 1), -0.7)
+
+    reading = measure_image_reliance(Reader(), samples)
+    assert reading["questions"] == sum(len(s.qa) for s in samples)
+    assert reading["own_image"] == pytest.approx(0.1)
+    # the table holds each image's own questions: another scene's image rarely knows the answer
+    assert 0.1 < reading["other_image"] <= 2.0
+    assert reading["gap"] == pytest.approx(reading["other_image"] - 0.1)
+    assert reading["own_more_likely"] > 0.9
+    blind = measure_image_reliance(Blind(), samples)
+    assert (
+        blind["gap"] == 0.0 and blind["own_more_likely"] == 0.0 and blind["own_image"] == pytest.approx(0.7)
+    )
+    with pytest.raises(ValueError, match="at least 2 images"):
+        measure_image_reliance(Blind(), samples[:1])
+
+
 # ---------------------------------------------------------------------------------------------
 # Image sources
 
@@ -237,6 +269,8 @@ def test_evaluate_vlm_report():
     json.dumps(result)  # JSON-ready
     table = markdown_table(result)
     assert "| render | 3 |" in table and "≥ 0.95" in table and "skipped: no CLIP model given" in table
+    assert result["image_reliance"]["questions"] == result["vqa"]["render"]["questions"]
+    assert "**Image reliance**" in table
 
 
 # ---------------------------------------------------------------------------------------------

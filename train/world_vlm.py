@@ -1,7 +1,9 @@
 """Train the embedded world's VLM and save it as an ordinary transformers LLaVA checkpoint.
 
-The result is a :class:`transformers.LlavaForConditionalGeneration` (a CLIP vision tower trained
-from scratch on 64x64 images, LLaVA's two-layer MLP projector, a small Llama language model) with
+The result is a :class:`transformers.LlavaForConditionalGeneration` (a CLIP vision tower for
+64x64 images, trained from scratch or started with ``--init-vision`` from the world CLIP's image
+tower or from a tower pretrained on dense world labels by :mod:`selfcorrect.train.world_vision`;
+LLaVA's two-layer MLP projector, a small Llama language model) with
 a :class:`transformers.LlavaProcessor` (a CLIP image processor, a byte-level BPE tokenizer trained
 here on the training conversations, a LLaVA-1.5 chat template). Plain
 ``AutoModelForImageTextToText.from_pretrained(path)`` and ``AutoProcessor.from_pretrained(path)``
@@ -21,8 +23,9 @@ tokenized on its own, as :meth:`VLM.score` tokenizes continuations, gives the ve
 
 **Vision features from the last layer** (``vision_feature_layer=-1``), not LLaVA's penultimate
 one: LLaVA skips the last layer of a CLIP trained for its contrastive objective, but this tower is
-trained from scratch by the language-model loss, so its last layer is the one that learns what the
-language model needs (with -2 it would be computed and never trained).
+trained by the language-model loss (and the dense pretraining trains exactly that layer's patch
+tokens), so its last layer is the one that learns what the language model needs (with -2 it would
+be computed and never trained).
 
 Usage::
 

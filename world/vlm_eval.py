@@ -1,6 +1,6 @@
 """Evaluate the world VLM (and the world CLIP) on scenes it was not trained on (issue 4).
 
-Four measurements, each graded against the world's exact truth:
+Five measurements, each graded against the world's exact truth:
 
 1. **VQA accuracy per question kind** (:data:`~selfcorrect.world.data.QA_KINDS`) on three image
    sources. Questions come from :func:`~selfcorrect.world.data.scene_qa`, are sent as
@@ -14,7 +14,10 @@ Four measurements, each graded against the world's exact truth:
    highest IoU first) to an object the phrase names, so duplicate boxes count against precision.
 3. **CLIP**: image -> its true caption among 10 hard negatives
    (:func:`selfcorrect.train.world_clip.evaluate_hard_negatives`), when CLIP weights are given.
-4. **Throughput**: images per second of ``vlm.score`` (P(Yes) vs P(No) after the question, one
+4. **Image reliance** on the renders (:func:`measure_image_reliance`): the log-probability of
+   each true answer with its own image and with another scene's, a probe of whether the model
+   reads the image at all.
+5. **Throughput**: images per second of ``vlm.score`` (P(Yes) vs P(No) after the question, one
    forward pass, no decoding) against ``vlm.chat`` (greedy generation) on the same yes/no questions
    (existence, relation) about the same renders, with how often the two agree.
 
@@ -427,6 +430,38 @@ def measure_throughput(vlm, samples: list[Sample], *, batch_size: int = 16) -> d
     }
 
 
+def measure_image_reliance(vlm, samples: list[Sample], *, batch_size: int = 16) -> dict:
+    """How much the VLM's answers depend on the image it is shown.
+
+    Every question of every sample is scored twice with ``vlm.score`` (no decoding): the
+    log-probability of its true answer after the sample's own image, and after the next sample's
+    image (another scene). A model that answers from priors alone scores both the same; one that
+    reads the image gives its own image's answer more probability. Graded exact match hides this
+    while a model is still learning to see (its greedy answer can stay the prior's).
+
+    Returns:
+        ``{"questions", "own_image", "other_image", "gap", "own_more_likely"}``: the mean negative
+        log-likelihood (nats per answer) of the true answers with each image, their difference
+        (``other_image - own_image``), and the share of questions whose true answer is more
+        likely with its own image.
+    """
+    if len(samples) < 2:
+        raise ValueError("image reliance needs at least 2 images (each is shown with another's)")
+    jobs = [(k, qa) for k, s in enumerate(samples) for qa in s.qa]
+    prompts = [vqa_prompt(qa.question) for _, qa in jobs]
+    answers = [[answer_text(qa.answer)] for _, qa in jobs]
+    own = vlm.score([samples[k].image for k, _ in jobs], prompts, answers, batch_size=batch_size)[:, 0]
+    other_images = [samples[(k + 1) % len(samples)].image for k, _ in jobs]
+    other = vlm.score(other_images, prompts, answers, batch_size=batch_size)[:, 0]
+    return {
+        "questions": len(jobs),
+        "own_image": round(-own.mean().item(), 4),
+        "other_image": round(-other.mean().item(), 4),
+        "gap": round((own - other).mean().item(), 4),
+        "own_more_likely": round((own > other).float().mean().item(), 4),
+    }
+
+
 def evaluate_clip(clip, split: str = "test", limit: int | None = None) -> dict:
     """Hard-negative accuracy of an open_clip model (``(model, preprocess, tokenizer)``) on ``split``.
 
@@ -482,7 +517,7 @@ def evaluate_vlm(
     canvas: int = DEFAULT_CANVAS,
     progress: bool = True,
 ) -> dict:
-    """Run the four measurements of the module docstring.
+    """Run the five measurements of the module docstring.
 
     Args:
         vlm: a :class:`~selfcorrect.vision.vlm.VLM` (anything with its ``chat`` and ``score``).
@@ -501,7 +536,8 @@ def evaluate_vlm(
     Returns:
         A JSON-ready dict: ``split``, ``limit``, ``images`` (per source: ``used``, ``skipped``),
         ``vqa`` and ``grounding`` (per source, see :func:`evaluate_vqa` and
-        :func:`evaluate_grounding`), ``clip`` (or ``{"skipped": reason}``), ``throughput`` (see
+        :func:`evaluate_grounding`), ``image_reliance`` (renders, see
+        :func:`measure_image_reliance`), ``clip`` (or ``{"skipped": reason}``), ``throughput`` (see
         :func:`measure_throughput`), ``targets``, ``seconds``, ``machine``, ``date`` and ``records``
         (``vqa`` and ``grounding`` lists).
     """
@@ -541,6 +577,7 @@ def evaluate_vlm(
         result["clip"] = evaluate_clip(clip, split, limit)
     else:
         result["clip"] = {"skipped": clip_note or "no CLIP model given"}
+    result["image_reliance"] = measure_image_reliance(vlm, sources["render"][0], batch_size=batch_size)
     if throughput_images > 0:
         result["throughput"] = measure_throughput(
             vlm, sources["render"][0][:throughput_images], batch_size=batch_size
@@ -595,6 +632,18 @@ def markdown_table(result: dict) -> str:
             f"| {name} | {g['objects']} | {cell(g['recall'], TARGETS['grounding/recall'])} | "
             f"{g['precision']:.2f} | {g['predicted_boxes']} | {g['unparsed']} |"
         )
+
+    reliance = result.get("image_reliance")
+    if reliance:
+        lines += [
+            "",
+            f"**Image reliance** ({reliance['questions']} questions about the renders; log-probability "
+            "of the true answer with the scene's own image and with another scene's)\n",
+            "| own image (nats) | other image (nats) | gap | true answer likelier with its own image |",
+            "|---:|---:|---:|---:|",
+            f"| {reliance['own_image']:.3f} | {reliance['other_image']:.3f} | {reliance['gap']:.3f} | "
+            f"{reliance['own_more_likely']:.0%} |",
+        ]
 
     clip = result["clip"]
     lines += ["", f"**CLIP hard negatives** (target ≥ {TARGETS['clip/accuracy']:.2f})\n"]
