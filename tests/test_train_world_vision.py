@@ -114,6 +114,7 @@ def test_a_trained_vlm_takes_the_tower_and_starts_a_new_projector(tower, tmp_pat
     world_vlm.main(world_vlm.parse_args(argv))
     notes = json.loads((more / "model" / "selfcorrect_training.json").read_text())["config"]["notes"]
     assert notes["init_vision"] == str(tower) and notes["init_model"] == str(first / "model")
+    assert world_vlm.PROFILES["tiny"].notes == {}  # the run noted this in its own config only
 
 
 def test_a_tower_of_another_activation_or_folder_is_refused(tower, tmp_path):

@@ -725,7 +725,8 @@ def main(args: argparse.Namespace, conversations: Callable | None = None) -> Pat
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
-    config = dataclasses.replace(PROFILES[args.profile])
+    # a copy of the profile's notes too: this run writes into them, the next run in this process must not see it
+    config = dataclasses.replace(PROFILES[args.profile], notes=dict(PROFILES[args.profile].notes))
     for name in ("steps", "batch_size", "num_workers", "eval_turns", "lr"):
         if getattr(args, name, None) is not None:
             setattr(config, name, getattr(args, name))
