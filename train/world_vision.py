@@ -39,6 +39,7 @@ import json
 import logging
 import math
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,8 +118,7 @@ def patch_targets(objects, grid: int) -> dict:
     that the smallest objects own a patch). Other patches are background.
 
     Args:
-        objects: the objects in the image (anything with ``colour``, ``shape``, ``size`` and a
-            ``box`` ``(x0, y0, x1, y1)`` in ``[0, 1]``).
+        objects: the :class:`~selfcorrect.world.scene.WorldObject` s in the image.
         grid: patches per side.
 
     Returns:
@@ -143,7 +143,7 @@ def patch_targets(objects, grid: int) -> dict:
         owner = np.where(cover.max(0) >= MIN_COVER, cover.argmax(0), -1)
     centre = np.zeros((grid, grid), dtype=np.float32)
     for k, o in enumerate(objects):
-        cx, cy = o.center if hasattr(o, "center") else ((o.box[0] + o.box[2]) / 2, (o.box[1] + o.box[3]) / 2)
+        cx, cy = o.center
         row, col = min(int(cy * grid), grid - 1), min(int(cx * grid), grid - 1)
         owner[row, col] = k
         centre[row, col] = 1.0
@@ -357,12 +357,10 @@ def main(args: argparse.Namespace) -> Path:
             },
         }
         tmp = out.parent / f".tmp-{out.name}"
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a run killed while saving
         tower.save_pretrained(tmp, safe_serialization=True)
         (tmp / "selfcorrect_training.json").write_text(json.dumps(record, indent=2))
-        if out.exists():
-            import shutil
-
-            shutil.rmtree(out)
+        shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
         logger.info("held-out probe: %s", record["held_out"])
         logger.info("saved %s", out)
