@@ -480,7 +480,7 @@ def train_head(
     from tqdm.auto import tqdm
 
     from selfcorrect.critics.tldr import TokenHead
-    from selfcorrect.train.world_t2i import resume, save_checkpoint
+    from selfcorrect.train.world_t2i import checkpoint_if_due, resume
 
     x = features_matrix(cache, features)  # (T, F)
     y = cache["labels"].long()  # (T,)
@@ -507,16 +507,10 @@ def train_head(
         losses.append(loss.item())
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
-        if (
-            output_dir is not None
-            and checkpoint_every
-            and (step + 1) % checkpoint_every == 0
-            and step + 1 < config.steps
-        ):
-            save_checkpoint(accelerator, output_dir, STAGE, step + 1, {"features": features})
+        if output_dir is not None:
+            extra = {"features": features}
+            checkpoint_if_due(accelerator, output_dir, STAGE, step + 1, config.steps, checkpoint_every, extra)
     bar.close()
-    if output_dir is not None and config.steps > start:
-        save_checkpoint(accelerator, output_dir, STAGE, config.steps, {"features": features})
     return accelerator.unwrap_model(head).eval(), losses
 
 

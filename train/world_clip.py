@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from selfcorrect.errors import SelfcorrectError
-from selfcorrect.train.world_t2i import CANVAS, captioned_scene, resume, save_checkpoint, training_parser
+from selfcorrect.train.world_t2i import CANVAS, captioned_scene, checkpoint_if_due, resume, training_parser
 
 logger = logging.getLogger(__name__)
 
@@ -483,12 +483,9 @@ def main(args: argparse.Namespace) -> Path:
         losses.append(loss.item())
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", scale=f"{logit_scale.item():.1f}")
-        if (step + 1) % args.checkpoint_every == 0 and step + 1 < config.steps:
-            save_checkpoint(accelerator, args.output_dir, STAGE, step + 1, {})
+        checkpoint_if_due(accelerator, args.output_dir, STAGE, step + 1, config.steps, args.checkpoint_every)
     bar.close()
     seconds = time.perf_counter() - started
-    if config.steps > start:
-        save_checkpoint(accelerator, args.output_dir, STAGE, config.steps, {})
 
     out = args.output_dir / "model"
     if accelerator.is_main_process:

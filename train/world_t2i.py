@@ -330,6 +330,15 @@ def latest_checkpoint(output_dir: Path, stage: str) -> Path | None:
     return found[-1] if found else None
 
 
+def checkpoint_if_due(
+    accelerator, output_dir: Path, stage: str, done: int, total: int, every: int, extra: dict | None = None
+) -> None:
+    """After step ``done`` of ``total``: :func:`save_checkpoint` every ``every`` steps and after
+    the last one (``every`` 0: after the last one only). Every training loop calls it per step."""
+    if done == total or (every and done % every == 0):
+        save_checkpoint(accelerator, output_dir, stage, done, extra or {})
+
+
 def resume(accelerator, output_dir: Path, stage: str) -> int:
     """Load the newest checkpoint of ``stage`` into the prepared objects; returns its step (0 if none)."""
     ckpt = latest_checkpoint(output_dir, stage)
@@ -479,11 +488,10 @@ def _train_vae(accelerator, args, config: T2IConfig, vae, loader) -> float:
         optimizer.zero_grad(set_to_none=True)
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
-        if (step + 1) % args.checkpoint_every == 0 and step + 1 < config.vae_steps:
-            save_checkpoint(accelerator, args.output_dir, "vae", step + 1, {})
+        checkpoint_if_due(
+            accelerator, args.output_dir, "vae", step + 1, config.vae_steps, args.checkpoint_every
+        )
     bar.close()
-    if config.vae_steps > start:
-        save_checkpoint(accelerator, args.output_dir, "vae", config.vae_steps, {})
     vae = accelerator.unwrap_model(vae).eval().requires_grad_(False)
     with torch.no_grad():
         std = vae.encode(next(iter(loader))[0]).latent_dist.mean.std().item()
@@ -597,11 +605,10 @@ def _train_unet(accelerator, args, config: T2IConfig, vae, text_encoder, tokeniz
         ema.step(params)
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
-        if (step + 1) % args.checkpoint_every == 0 and step + 1 < config.unet_steps:
-            save_checkpoint(accelerator, args.output_dir, "unet", step + 1, {})
+        checkpoint_if_due(
+            accelerator, args.output_dir, "unet", step + 1, config.unet_steps, args.checkpoint_every
+        )
     bar.close()
-    if config.unet_steps > start:
-        save_checkpoint(accelerator, args.output_dir, "unet", config.unet_steps, {})
     unet, text_encoder = accelerator.unwrap_model(unet), accelerator.unwrap_model(text_encoder)
     ema.copy_to(params)  # ship the EMA weights: cleaner samples than the raw ones
     return unet, text_encoder

@@ -46,7 +46,7 @@ from pathlib import Path
 
 from selfcorrect.errors import SelfcorrectError
 from selfcorrect.train.generated_pool import load_pool
-from selfcorrect.train.world_t2i import CANVAS, resume, save_checkpoint, training_parser
+from selfcorrect.train.world_t2i import CANVAS, checkpoint_if_due, resume, training_parser
 from selfcorrect.train.world_vlm import PROFILES as VLM_PROFILES
 from selfcorrect.train.world_vlm import image_processor, init_vision_from_open_clip, vision_config
 from selfcorrect.world.scene import COLOURS, SHAPES, SIZES
@@ -204,6 +204,11 @@ def patch_tokens(tower, pixel_values):
     return tower(pixel_values, output_hidden_states=True).hidden_states[-1][:, 1:]
 
 
+def split_outputs(outputs) -> dict:
+    """``(..., sum(HEADS))`` probe outputs -> ``{head: (..., HEADS[head])}`` in float32."""
+    return dict(zip(HEADS, outputs.float().split(list(HEADS.values()), dim=-1)))
+
+
 def dense_loss(outputs, targets: dict):
     """The probe's loss on one batch.
 
@@ -218,7 +223,7 @@ def dense_loss(outputs, targets: dict):
     """
     import torch.nn.functional as F
 
-    split = dict(zip(HEADS, outputs.float().split(list(HEADS.values()), dim=-1)))
+    split = split_outputs(outputs)
     parts = {
         name: F.cross_entropy(split[name].flatten(0, 1), targets[name].flatten())
         for name in ("colour", "shape", "size")
@@ -237,7 +242,7 @@ def probe_metrics(outputs, targets: dict) -> dict:
     object on all patches, centre patches found (recall and precision at 0.5), box L1 error."""
     import torch
 
-    split = dict(zip(HEADS, outputs.float().split(list(HEADS.values()), dim=-1)))
+    split = split_outputs(outputs)
     on = targets["object"]
     metrics = {
         f"{name}_accuracy": (split[name].argmax(-1) == targets[name])[on].float().mean().item()
@@ -323,12 +328,9 @@ def main(args: argparse.Namespace) -> Path:
         losses.append(loss.item())
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", **{k: f"{v:.2f}" for k, v in parts.items()})
-        if (step + 1) % args.checkpoint_every == 0 and step + 1 < config.steps:
-            save_checkpoint(accelerator, args.output_dir, STAGE, step + 1, {})
+        checkpoint_if_due(accelerator, args.output_dir, STAGE, step + 1, config.steps, args.checkpoint_every)
     bar.close()
     seconds = time.perf_counter() - started
-    if config.steps > start:
-        save_checkpoint(accelerator, args.output_dir, STAGE, config.steps, {})
 
     out = args.output_dir / "tower"
     if accelerator.is_main_process:

@@ -62,7 +62,7 @@ from pathlib import Path
 
 from selfcorrect.errors import SelfcorrectError
 from selfcorrect.train.generated_pool import load_pool
-from selfcorrect.train.world_t2i import CANVAS, resume, save_checkpoint, training_parser
+from selfcorrect.train.world_t2i import CANVAS, checkpoint_if_due, resume, training_parser
 
 logger = logging.getLogger(__name__)
 
@@ -830,12 +830,9 @@ def main(args: argparse.Namespace, conversations: Callable | None = None) -> Pat
                 task_loss[task] = 0.9 * task_loss.get(task, total / n) + 0.1 * total / n
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", **{t: f"{v:.2f}" for t, v in sorted(task_loss.items())})
-        if (step + 1) % args.checkpoint_every == 0 and step + 1 < config.steps:
-            save_checkpoint(accelerator, args.output_dir, STAGE, step + 1, {})
+        checkpoint_if_due(accelerator, args.output_dir, STAGE, step + 1, config.steps, args.checkpoint_every)
     bar.close()
     seconds = time.perf_counter() - started
-    if config.steps > start:
-        save_checkpoint(accelerator, args.output_dir, STAGE, config.steps, {})
 
     out = args.output_dir / "model"
     if accelerator.is_main_process:
