@@ -271,6 +271,8 @@ def test_evaluate_vlm_report():
     assert "| render | 3 |" in table and "≥ 0.95" in table and "skipped: no CLIP model given" in table
     assert result["image_reliance"]["questions"] == result["vqa"]["render"]["questions"]
     assert "**Image reliance**" in table
+    one = evaluate_vlm(TableVLM({}), limit=1, throughput_images=0, ground_max_new_tokens=16, progress=False)
+    assert "skipped" in one["image_reliance"] and "Image reliance** skipped" in markdown_table(one)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -537,7 +537,7 @@ def evaluate_vlm(
         A JSON-ready dict: ``split``, ``limit``, ``images`` (per source: ``used``, ``skipped``),
         ``vqa`` and ``grounding`` (per source, see :func:`evaluate_vqa` and
         :func:`evaluate_grounding`), ``image_reliance`` (renders, see
-        :func:`measure_image_reliance`), ``clip`` (or ``{"skipped": reason}``), ``throughput`` (see
+        :func:`measure_image_reliance`; ``{"skipped": reason}`` with fewer than 2), ``clip`` (or ``{"skipped": reason}``), ``throughput`` (see
         :func:`measure_throughput`), ``targets``, ``seconds``, ``machine``, ``date`` and ``records``
         (``vqa`` and ``grounding`` lists).
     """
@@ -577,7 +577,11 @@ def evaluate_vlm(
         result["clip"] = evaluate_clip(clip, split, limit)
     else:
         result["clip"] = {"skipped": clip_note or "no CLIP model given"}
-    result["image_reliance"] = measure_image_reliance(vlm, sources["render"][0], batch_size=batch_size)
+    renders = sources["render"][0]
+    if len(renders) >= 2:
+        result["image_reliance"] = measure_image_reliance(vlm, renders, batch_size=batch_size)
+    else:
+        result["image_reliance"] = {"skipped": "needs at least 2 renders (--limit 2)"}
     if throughput_images > 0:
         result["throughput"] = measure_throughput(
             vlm, sources["render"][0][:throughput_images], batch_size=batch_size
@@ -633,8 +637,10 @@ def markdown_table(result: dict) -> str:
             f"{g['precision']:.2f} | {g['predicted_boxes']} | {g['unparsed']} |"
         )
 
-    reliance = result.get("image_reliance")
-    if reliance:
+    reliance = result.get("image_reliance", {})
+    if "skipped" in reliance:
+        lines += ["", f"**Image reliance** skipped: {reliance['skipped']}"]
+    elif reliance:
         lines += [
             "",
             f"**Image reliance** ({reliance['questions']} questions about the renders; log-probability "
