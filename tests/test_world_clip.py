@@ -168,6 +168,78 @@ def test_batches_are_deterministic_and_mask_false_negatives():
     assert mask.tolist() == [[False, False, True], [False, False, False], [True, False, False]]
 
 
+def test_category_weights_choose_which_prompts_scenes_are_sampled_for():
+    import dataclasses
+    import random
+
+    from selfcorrect.world.requirements import CATEGORIES
+    from selfcorrect.world.suites import load_suite
+
+    only_position = {c: 0.0 for c in CATEGORIES if c != "position"}
+    config = dataclasses.replace(
+        world_clip.PROFILES["tiny"], prompt_share=1.0, category_weights=only_position
+    )
+    data = world_clip.ClipBatches(config, seed=0, preprocess=None, tokenizer=None)
+    position = {p.prompt for p in load_suite("train", "position")}
+    texts = [data.example(random.Random(i))[1] for i in range(30)]
+    assert all(t in position for t in texts)
+    even = dataclasses.replace(config, category_weights={})
+    texts = [world_clip.ClipBatches(even, 0, None, None).example(random.Random(i))[1] for i in range(60)]
+    assert 0 < sum(t in position for t in texts) < 30
+
+    typo = dataclasses.replace(config, category_weights={"positon": 4.0})
+    with pytest.raises(SelfcorrectError, match="unknown prompt categories"):
+        world_clip.ClipBatches(typo, 0, None, None)
+
+
+def test_text_separation_loss_hinges_on_caption_negative_cosines():
+    caption = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # (B=2, D=2)
+    near = torch.tensor([math.cos(0.2), math.sin(0.2)])  # cosine 0.980 with caption 0
+    far = torch.tensor([0.0, -1.0])  # cosine 0 with caption 0, -1 with caption 1
+    negatives = torch.stack([torch.stack([near, far]), torch.stack([far, near])])  # (2, K=2, 2)
+    # caption 0: relu(0.980 - 0.8) + 0; caption 1: 0 + relu(sin(0.2) - 0.8) = 0
+    expected = (math.cos(0.2) - 0.8) / 2
+    assert world_clip.text_separation_loss(caption, negatives, margin=0.8).item() == pytest.approx(expected)
+    mask = torch.tensor([[False, True], [True, True]])  # caption 0's near negative is padding
+    assert world_clip.text_separation_loss(caption, negatives, mask, margin=0.8).item() == 0.0
+    assert world_clip.text_separation_loss(caption, negatives, margin=0.99).item() == 0.0
+
+
+def test_image_tower_round_trips_through_a_transformers_tower(tmp_path):
+    import open_clip
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from selfcorrect.train.world_vlm import init_vision_from_open_clip
+
+    config = world_clip.PROFILES["tiny"]
+    cfg = world_clip.model_config(config)
+    source, fresh = open_clip.CLIP(**cfg), open_clip.CLIP(**cfg)
+    tower = CLIPVisionModel(
+        CLIPVisionConfig(
+            hidden_size=config.vision_width,
+            intermediate_size=4 * config.vision_width,
+            num_hidden_layers=config.vision_layers,
+            num_attention_heads=config.vision_width // config.head_width,
+            patch_size=config.patch_size,
+            image_size=64,
+            hidden_act="gelu",
+        )
+    )
+    init_vision_from_open_clip(tower, source)
+    tower.save_pretrained(tmp_path / "tower")
+    proj = fresh.visual.proj.detach().clone()
+    world_clip.init_visual_from_tower(fresh, tmp_path / "tower")
+    want, got = source.visual.state_dict(), fresh.visual.state_dict()
+    assert all(torch.equal(want[k], got[k]) for k in want if k != "proj")
+    assert torch.equal(got["proj"], proj)  # no counterpart: keeps its own initialisation
+
+    with pytest.raises(SelfcorrectError, match="no vision tower"):
+        world_clip.init_visual_from_tower(fresh, tmp_path)
+    deeper = open_clip.CLIP(**{**cfg, "vision_cfg": {**cfg["vision_cfg"], "layers": 2}})
+    with pytest.raises(SelfcorrectError, match="does not fit"):
+        world_clip.init_visual_from_tower(deeper, tmp_path / "tower")
+
+
 def test_contrastive_loss_matches_open_clip_and_hand_numbers():
     import open_clip
 
@@ -205,6 +277,8 @@ def test_evaluate_hard_negatives_reports_by_kind(trained):
     assert result["scenes"] == 14 and 9 <= result["negatives_per_scene"] <= 10
     assert set(result["by_kind"]) <= {"attribute", "count", "relation"} and "attribute" in result["by_kind"]
     assert all(0.0 <= v <= 1.0 for v in [result["accuracy"], *result["by_kind"].values()])
+    assert set(result["text_cosine_by_kind"]) == set(result["pairwise_by_kind"])
+    assert all(-1.0 - 1e-6 <= v <= 1.0 + 1e-6 for v in result["text_cosine_by_kind"].values())
     assert result == world_clip.evaluate_hard_negatives(
         model, preprocess, tokenizer, "test", limit=14, seed=3
     )

@@ -499,6 +499,36 @@ def build_model(config: VLMConfig, tokenizer, vision_act: str = "quick_gelu"):
     return model
 
 
+def tower_name_pairs(blocks: int) -> list[tuple[str, str]]:
+    """``(transformers name, open_clip name)`` of every weight a transformers CLIP vision
+    transformer and an open_clip ``VisionTransformer`` of ``blocks`` layers share one to one.
+
+    Not among them: open_clip's fused attention ``in_proj`` (transformers' separate q/k/v
+    projections) and open_clip's output projection ``proj`` (no counterpart).
+    """
+    pairs = [
+        ("embeddings.class_embedding", "class_embedding"),
+        ("embeddings.patch_embedding.weight", "conv1.weight"),
+        ("embeddings.position_embedding.weight", "positional_embedding"),
+        ("pre_layrnorm.weight", "ln_pre.weight"),
+        ("pre_layrnorm.bias", "ln_pre.bias"),
+        ("post_layernorm.weight", "ln_post.weight"),
+        ("post_layernorm.bias", "ln_post.bias"),
+    ]
+    for i in range(blocks):
+        a, b = f"transformer.resblocks.{i}.", f"encoder.layers.{i}."
+        for ours, theirs in (
+            ("self_attn.out_proj", "attn.out_proj"),
+            ("layer_norm1", "ln_1"),
+            ("layer_norm2", "ln_2"),
+            ("mlp.fc1", "mlp.c_fc"),
+            ("mlp.fc2", "mlp.c_proj"),
+        ):
+            for kind in ("weight", "bias"):
+                pairs.append((f"{b}{ours}.{kind}", f"{a}{theirs}.{kind}"))
+    return pairs
+
+
 def init_vision_from_open_clip(tower, clip) -> None:
     """Copy an open_clip ViT's image tower into a transformers CLIP vision tower, in place.
 
@@ -536,30 +566,13 @@ def init_vision_from_open_clip(tower, clip) -> None:
             f"not fit the VLM's vision tower ({config.num_hidden_layers} layers, patch conv "
             f"{tuple(tower.embeddings.patch_embedding.weight.shape)}, activation {config.hidden_act})"
         )
-    target = {
-        "embeddings.class_embedding": source["class_embedding"],
-        "embeddings.patch_embedding.weight": source["conv1.weight"],
-        "embeddings.position_embedding.weight": source["positional_embedding"],
-        "pre_layrnorm.weight": source["ln_pre.weight"],
-        "pre_layrnorm.bias": source["ln_pre.bias"],
-        "post_layernorm.weight": source["ln_post.weight"],
-        "post_layernorm.bias": source["ln_post.bias"],
-    }
+    target = {ours: source[theirs] for ours, theirs in tower_name_pairs(blocks)}
     for i in range(blocks):
         a, b = f"transformer.resblocks.{i}.", f"encoder.layers.{i}."
         for name, part in zip("qkv", source[a + "attn.in_proj_weight"].chunk(3)):
             target[f"{b}self_attn.{name}_proj.weight"] = part
         for name, part in zip("qkv", source[a + "attn.in_proj_bias"].chunk(3)):
             target[f"{b}self_attn.{name}_proj.bias"] = part
-        for ours, theirs in (
-            ("self_attn.out_proj", "attn.out_proj"),
-            ("layer_norm1", "ln_1"),
-            ("layer_norm2", "ln_2"),
-            ("mlp.fc1", "mlp.c_fc"),
-            ("mlp.fc2", "mlp.c_proj"),
-        ):
-            target[f"{b}{ours}.weight"] = source[f"{a}{theirs}.weight"]
-            target[f"{b}{ours}.bias"] = source[f"{a}{theirs}.bias"]
     with torch.no_grad():
         missing, unexpected = tower.load_state_dict(target, strict=False)
     left = [k for k in missing if "position_ids" not in k]
