@@ -613,30 +613,20 @@ def init_visual_from_tower(clip, folder: Path) -> None:
         SelfcorrectError: no tower in ``folder``, or one of other sizes or activation.
     """
     import torch
-    from transformers import CLIPVisionConfig, CLIPVisionModel
+    from transformers import CLIPVisionModel
 
-    from selfcorrect.train.world_vlm import tower_name_pairs
+    from selfcorrect.train.world_vlm import check_towers_fit, tower_name_pairs
 
     if not (Path(folder) / "config.json").is_file():
         raise SelfcorrectError(
             f"{folder} holds no vision tower (no config.json); train one with world_vision"
         )
-    config = CLIPVisionConfig.from_pretrained(folder)
-    visual = clip.visual
-    blocks = len(visual.transformer.resblocks)
     tower = CLIPVisionModel.from_pretrained(folder)
-    source = getattr(tower, "vision_model", tower).state_dict()  # transformers 5 dropped the wrapper
-    if (
-        config.num_hidden_layers != blocks
-        or config.hidden_act != "gelu"  # open_clip's activation
-        or source["embeddings.patch_embedding.weight"].shape != visual.conv1.weight.shape
-        or source["embeddings.position_embedding.weight"].shape != visual.positional_embedding.shape
-    ):
-        raise SelfcorrectError(
-            f"the tower in {folder} ({config.num_hidden_layers} layers, width {config.hidden_size}, patch "
-            f"{config.patch_size}, {config.hidden_act}) does not fit the CLIP's image tower ({blocks} layers, "
-            f"patch conv {tuple(visual.conv1.weight.shape)}, gelu)"
-        )
+    tower = getattr(tower, "vision_model", tower)  # transformers 5 dropped the wrapper
+    visual = clip.visual
+    check_towers_fit(visual, tower, tower.config)
+    source = tower.state_dict()
+    blocks = len(visual.transformer.resblocks)
     target = {theirs: source[ours] for ours, theirs in tower_name_pairs(blocks)}
     for i in range(blocks):
         a, b = f"transformer.resblocks.{i}.", f"encoder.layers.{i}."

@@ -529,6 +529,29 @@ def tower_name_pairs(blocks: int) -> list[tuple[str, str]]:
     return pairs
 
 
+def check_towers_fit(visual, tower, config) -> None:
+    """Raise unless an open_clip ``VisionTransformer`` and a transformers CLIP vision transformer
+    (``tower``, configured by ``config``) have the same depth, patch convolution, positions and
+    activation (GELU, open_clip's), i.e. unless :func:`tower_name_pairs` maps one onto the other.
+
+    Raises:
+        SelfcorrectError: they differ.
+    """
+    blocks = len(visual.transformer.resblocks)
+    patch, positions = tower.embeddings.patch_embedding.weight, tower.embeddings.position_embedding.weight
+    if (
+        blocks != config.num_hidden_layers
+        or visual.conv1.weight.shape != patch.shape
+        or visual.positional_embedding.shape != positions.shape
+        or config.hidden_act != "gelu"
+    ):
+        raise SelfcorrectError(
+            f"the open_clip image tower ({blocks} layers, patch conv {tuple(visual.conv1.weight.shape)}, gelu) "
+            f"does not fit the transformers vision tower ({config.num_hidden_layers} layers, patch conv "
+            f"{tuple(patch.shape)}, activation {config.hidden_act})"
+        )
+
+
 def init_vision_from_open_clip(tower, clip) -> None:
     """Copy an open_clip ViT's image tower into a transformers CLIP vision tower, in place.
 
@@ -553,19 +576,9 @@ def init_vision_from_open_clip(tower, clip) -> None:
     config = tower.config
     tower = getattr(tower, "vision_model", tower)  # CLIPVisionModel holds the transformer
     visual = clip.visual
+    check_towers_fit(visual, tower, config)
     source = {k: v.detach().float() for k, v in visual.state_dict().items()}
     blocks = len(visual.transformer.resblocks)
-    if (
-        blocks != config.num_hidden_layers
-        or source["conv1.weight"].shape != tower.embeddings.patch_embedding.weight.shape
-        or source["positional_embedding"].shape != tower.embeddings.position_embedding.weight.shape
-        or config.hidden_act != "gelu"
-    ):
-        raise SelfcorrectError(
-            f"the open_clip tower ({blocks} layers, patch conv {tuple(source['conv1.weight'].shape)}) does "
-            f"not fit the VLM's vision tower ({config.num_hidden_layers} layers, patch conv "
-            f"{tuple(tower.embeddings.patch_embedding.weight.shape)}, activation {config.hidden_act})"
-        )
     target = {ours: source[theirs] for ours, theirs in tower_name_pairs(blocks)}
     for i in range(blocks):
         a, b = f"transformer.resblocks.{i}.", f"encoder.layers.{i}."
