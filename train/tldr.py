@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from selfcorrect.errors import SelfcorrectError
-from selfcorrect.train.world_t2i import training_parser
+from selfcorrect.train.world_t2i import run_config, training_parser
 
 logger = logging.getLogger(__name__)
 
@@ -550,7 +550,7 @@ def main(args: argparse.Namespace) -> Path:
     from selfcorrect.critics.tldr import TldrCritic, save_head
     from selfcorrect.vision.vlm import VLM
 
-    config = dataclasses.replace(PROFILES[args.profile])
+    config = run_config(PROFILES, args.profile)
     for name in ("train_pairs", "steps", "features", "mlp", "correction_examples"):
         if getattr(args, name, None) is not None:
             setattr(config, name, getattr(args, name))

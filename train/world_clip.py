@@ -51,7 +51,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from selfcorrect.errors import SelfcorrectError
-from selfcorrect.train.world_t2i import CANVAS, captioned_scene, checkpoint_if_due, resume, training_parser
+from selfcorrect.train.world_t2i import (
+    CANVAS,
+    captioned_scene,
+    checkpoint_if_due,
+    resume,
+    run_config,
+    training_parser,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -479,8 +486,7 @@ def main(args: argparse.Namespace) -> Path:
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
-    profile = PROFILES[args.profile]
-    config = dataclasses.replace(profile, notes=dict(profile.notes))  # a run's notes are its own
+    config = run_config(PROFILES, args.profile)  # this run writes into its notes
     for name in ("steps", "batch_size", "num_workers", "eval_limit"):
         if getattr(args, name, None) is not None:
             setattr(config, name, getattr(args, name))
@@ -613,15 +619,11 @@ def init_visual_from_tower(clip, folder: Path) -> None:
         SelfcorrectError: no tower in ``folder``, or one of other sizes or activation.
     """
     import torch
-    from transformers import CLIPVisionModel
 
+    from selfcorrect.train.world_vision import load_tower
     from selfcorrect.train.world_vlm import check_towers_fit, tower_name_pairs
 
-    if not (Path(folder) / "config.json").is_file():
-        raise SelfcorrectError(
-            f"{folder} holds no vision tower (no config.json); train one with world_vision"
-        )
-    tower = CLIPVisionModel.from_pretrained(folder)
+    tower = load_tower(folder)  # sizes are checked against the CLIP below, not a VLM profile
     tower = getattr(tower, "vision_model", tower)  # transformers 5 dropped the wrapper
     visual = clip.visual
     check_towers_fit(visual, tower, tower.config)

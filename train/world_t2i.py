@@ -24,6 +24,7 @@ Training can be killed at any time: checkpoints are written atomically every
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import logging
@@ -117,6 +118,13 @@ PROFILES: dict[str, T2IConfig] = {
         mixed_precision="bf16",
     ),
 }
+
+
+def run_config(profiles: dict, name: str):
+    """A run's own copy of profile ``name``: the run may change it (``--steps``, its notes)
+    without the next run in the same process seeing it (``dataclasses.replace`` would share
+    the profile's dicts)."""
+    return copy.deepcopy(profiles[name])
 
 
 def training_parser(
@@ -359,7 +367,7 @@ def main(args: argparse.Namespace) -> Path:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    config = dataclasses.replace(PROFILES[args.profile])
+    config = run_config(PROFILES, args.profile)
     for name in ("unet_steps", "vae_steps", "batch_size", "latent_cache"):
         if getattr(args, name) is not None:
             setattr(config, name, getattr(args, name))

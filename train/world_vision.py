@@ -46,7 +46,7 @@ from pathlib import Path
 
 from selfcorrect.errors import SelfcorrectError
 from selfcorrect.train.generated_pool import load_pool
-from selfcorrect.train.world_t2i import CANVAS, checkpoint_if_due, resume, training_parser
+from selfcorrect.train.world_t2i import CANVAS, checkpoint_if_due, resume, run_config, training_parser
 from selfcorrect.train.world_vlm import PROFILES as VLM_PROFILES
 from selfcorrect.train.world_vlm import image_processor, init_vision_from_open_clip, vision_config
 from selfcorrect.world.scene import COLOURS, SHAPES, SIZES
@@ -269,7 +269,7 @@ def main(args: argparse.Namespace) -> Path:
     from tqdm.auto import tqdm
     from transformers import CLIPVisionModel
 
-    config = dataclasses.replace(PROFILES[args.profile])
+    config = run_config(PROFILES, args.profile)
     if args.steps is not None:
         config.steps = args.steps
     sizes = VLM_PROFILES[args.profile]
@@ -370,8 +370,8 @@ def main(args: argparse.Namespace) -> Path:
     return out
 
 
-def load_tower(folder: Path, config):
-    """A tower saved by this script, checked against a VLM profile's sizes.
+def load_tower(folder: Path, config=None):
+    """A tower saved by this script, checked against a VLM profile's sizes (``config``; None: unchecked).
 
     Raises:
         SelfcorrectError: no tower in ``folder``, or one of other sizes.
@@ -382,7 +382,9 @@ def load_tower(folder: Path, config):
         raise SelfcorrectError(f"{folder} holds no vision tower (no config.json); train one with {__name__}")
     saved = CLIPVisionConfig.from_pretrained(folder)
     have = (saved.hidden_size, saved.num_hidden_layers, saved.patch_size, saved.image_size)
-    wanted = (config.vision_hidden, config.vision_layers, config.patch_size, CANVAS)
+    wanted = (
+        have if config is None else (config.vision_hidden, config.vision_layers, config.patch_size, CANVAS)
+    )
     if have != wanted:
         raise SelfcorrectError(
             f"the tower in {folder} (width, layers, patch, image size {have}) does not fit the profile {wanted}"

@@ -62,7 +62,7 @@ from pathlib import Path
 
 from selfcorrect.errors import SelfcorrectError
 from selfcorrect.train.generated_pool import load_pool
-from selfcorrect.train.world_t2i import CANVAS, checkpoint_if_due, resume, training_parser
+from selfcorrect.train.world_t2i import CANVAS, checkpoint_if_due, resume, run_config, training_parser
 
 logger = logging.getLogger(__name__)
 
@@ -751,8 +751,7 @@ def main(args: argparse.Namespace, conversations: Callable | None = None) -> Pat
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
-    # a copy of the profile's notes too: this run writes into them, the next run in this process must not see it
-    config = dataclasses.replace(PROFILES[args.profile], notes=dict(PROFILES[args.profile].notes))
+    config = run_config(PROFILES, args.profile)  # this run writes into its notes
     for name in ("steps", "batch_size", "num_workers", "eval_turns", "lr"):
         if getattr(args, name, None) is not None:
             setattr(config, name, getattr(args, name))

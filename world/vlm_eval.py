@@ -537,8 +537,8 @@ def evaluate_vlm(
         A JSON-ready dict: ``split``, ``limit``, ``images`` (per source: ``used``, ``skipped``),
         ``vqa`` and ``grounding`` (per source, see :func:`evaluate_vqa` and
         :func:`evaluate_grounding`), ``image_reliance`` (renders, see
-        :func:`measure_image_reliance`; ``{"skipped": reason}`` with fewer than 2), ``clip`` (or ``{"skipped": reason}``), ``throughput`` (see
-        :func:`measure_throughput`), ``targets``, ``seconds``, ``machine``, ``date`` and ``records``
+        :func:`measure_image_reliance`; ``{"skipped": reason}`` with fewer than 2), ``clip`` (or
+        ``{"skipped": reason}``), ``throughput`` (see :func:`measure_throughput`), ``targets``, ``seconds``, ``machine``, ``date`` and ``records``
         (``vqa`` and ``grounding`` lists).
     """
     import torch
@@ -583,9 +583,7 @@ def evaluate_vlm(
     else:
         result["image_reliance"] = {"skipped": "needs at least 2 renders (--limit 2)"}
     if throughput_images > 0:
-        result["throughput"] = measure_throughput(
-            vlm, sources["render"][0][:throughput_images], batch_size=batch_size
-        )
+        result["throughput"] = measure_throughput(vlm, renders[:throughput_images], batch_size=batch_size)
     result["targets"] = dict(TARGETS)
     result["seconds"] = round(time.perf_counter() - started, 1)
     result["machine"] = {
