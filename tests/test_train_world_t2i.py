@@ -105,3 +105,18 @@ def test_vae_loss_weights_object_pixels():
     off_background = images.clone()
     off_background[0, :, 0, 1] = 1.0
     assert world_t2i.vae_loss(off_background, images).item() == pytest.approx(3 / 39)
+
+
+def test_training_scripts_turn_bad_input_into_a_message_and_exit_code_2(tmp_path, capsys):
+    from selfcorrect.train import world_clip
+
+    argv = ["--profile", "tiny", "--output-dir", str(tmp_path / "run"), "--init-vision", str(tmp_path)]
+    assert world_t2i.run_script(world_clip.main, world_clip.parse_args, argv) == 2
+    assert "holds no vision tower" in capsys.readouterr().err
+
+    def broken(args):
+        raise KeyError("a bug")
+
+    with pytest.raises(KeyError):  # a bug keeps its traceback
+        world_t2i.run_script(broken, world_clip.parse_args, argv)
+    assert world_t2i.run_script(lambda args: None, world_clip.parse_args, argv) == 0

@@ -149,4 +149,6 @@ def main(args: argparse.Namespace) -> Path:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    from selfcorrect.train.world_t2i import run_script
+
+    raise SystemExit(run_script(main, parse_args))

@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from selfcorrect.errors import SelfcorrectError
-from selfcorrect.train.world_t2i import run_config, training_parser
+from selfcorrect.train.world_t2i import run_config, run_script, training_parser
 
 logger = logging.getLogger(__name__)
 
@@ -1027,4 +1027,4 @@ def _hardware(accelerator) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    raise SystemExit(run_script(main, parse_args))

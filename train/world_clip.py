@@ -57,6 +57,7 @@ from selfcorrect.train.world_t2i import (
     checkpoint_if_due,
     resume,
     run_config,
+    run_script,
     training_parser,
 )
 
@@ -665,4 +666,4 @@ def _register(accelerator, output_dir: Path, cfg: dict) -> str:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    raise SystemExit(run_script(main, parse_args))

@@ -35,6 +35,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from selfcorrect.errors import SelfcorrectError
+
 logger = logging.getLogger(__name__)
 
 CANVAS = 64  # image side in pixels
@@ -118,6 +120,20 @@ PROFILES: dict[str, T2IConfig] = {
         mixed_precision="bf16",
     ),
 }
+
+
+def run_script(main, parse_args, argv: list[str] | None = None) -> int:
+    """A training script's entry point: ``main(parse_args(argv))``, with a :class:`SelfcorrectError`
+    (bad input: a missing folder, sizes that do not fit) turned into one message and exit code 2,
+    as the ``selfcorrect`` CLI does; anything else is a bug and keeps its traceback."""
+    import sys
+
+    try:
+        main(parse_args(argv))
+    except SelfcorrectError as e:
+        print(f"{Path(sys.argv[0]).stem}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def run_config(profiles: dict, name: str):
@@ -665,4 +681,4 @@ def _save_pipeline(args, config, vae, text_encoder, tokenizer, unet, seconds: fl
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    raise SystemExit(run_script(main, parse_args))

@@ -46,7 +46,14 @@ from pathlib import Path
 
 from selfcorrect.errors import SelfcorrectError
 from selfcorrect.train.generated_pool import load_pool
-from selfcorrect.train.world_t2i import CANVAS, checkpoint_if_due, resume, run_config, training_parser
+from selfcorrect.train.world_t2i import (
+    CANVAS,
+    checkpoint_if_due,
+    resume,
+    run_config,
+    run_script,
+    training_parser,
+)
 from selfcorrect.train.world_vlm import PROFILES as VLM_PROFILES
 from selfcorrect.train.world_vlm import image_processor, init_vision_from_open_clip, vision_config
 from selfcorrect.world.scene import COLOURS, SHAPES, SIZES
@@ -393,4 +400,4 @@ def load_tower(folder: Path, config=None):
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    raise SystemExit(run_script(main, parse_args))

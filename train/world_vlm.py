@@ -62,7 +62,14 @@ from pathlib import Path
 
 from selfcorrect.errors import SelfcorrectError
 from selfcorrect.train.generated_pool import load_pool
-from selfcorrect.train.world_t2i import CANVAS, checkpoint_if_due, resume, run_config, training_parser
+from selfcorrect.train.world_t2i import (
+    CANVAS,
+    checkpoint_if_due,
+    resume,
+    run_config,
+    run_script,
+    training_parser,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -1021,4 +1028,4 @@ def _hardware(accelerator) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    raise SystemExit(run_script(main, parse_args))
