@@ -5,7 +5,9 @@ name            class                                 needs
 =============== ===================================== ========================================
 ``llava_critic`` :class:`~.llava_critic.LlavaCritic`   a VLM (default: the world VLM)
 ``vqa``          :class:`~.vqa.VQACritic`              a VLM (default: the world VLM)
-``clip``         :class:`~.clip.ClipCritic`            an open_clip model (default: the world CLIP)
+``clip``         :class:`~.clip.ClipCritic`            an open_clip model (default: the world CLIP);
+                                                      CLIPScore, pass/fail against the prompt's
+                                                      one-edit variants
 ``lookback``     :class:`~.lookback.LookBackCritic`    a VLM (default: the world VLM); reasoning
                                                       chains (kind ``steps``), VISCO's LookBack
 ``tldr``         :class:`~.tldr.TldrCritic`            a VLM and a token head (default: the world

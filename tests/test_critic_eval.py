@@ -420,7 +420,8 @@ def test_cli_end_to_end_with_a_tiny_llava(tmp_path, capsys, tiny_clip, one_threa
             assert s["accuracy"] is None or 0.0 <= s["accuracy"] <= 1.0
             assert s["spearman"] is None or -1.0 <= s["spearman"] <= 1.0
         assert c["images_per_second"] > 0
-    assert result["critics"]["clip"]["sources"]["all"]["accuracy"] is None  # no threshold
+    clip = result["critics"]["clip"]["sources"]["all"]  # contrastive pass/fail decides every prompt
+    assert clip["decided"] == clip["images"] and clip["accuracy"] is not None
     # a random model's 8 tokens are no verdict: unparsed, counted, never a score of 0
     generate = result["critics"]["llava_critic:generate"]
     assert (

@@ -32,6 +32,7 @@ from selfcorrect.critics.parsing import (
 )
 from selfcorrect.critics.verdicts import Finding, ImageVerdict, PairwiseVerdict, StepVerdict, TokenVerdict
 from selfcorrect.critics.vqa import VQACritic, answer_scores, decompose, vqascore
+from selfcorrect.world.negatives import one_edit_variants
 
 RED = Image.new("RGB", (32, 32), (220, 30, 30))
 BLUE = Image.new("RGB", (32, 32), (30, 30, 220))
@@ -493,10 +494,35 @@ def test_clip_critic_is_clipscore_normalised(tiny_clip):
         assert v.details["clipscore"] == pytest.approx(float(clipscore(c)), abs=1e-6)
         assert v.passed == (v.score >= 0.1)
     assert float(clipscore(-0.3)) == 0.0 and float(clipscore(0.4)) == pytest.approx(1.0)
-    assert ClipCritic(*tiny_clip).critique(RED, "x").passed is None  # no threshold, no pass/fail
+    assert ClipCritic(*tiny_clip).critique(RED, "x").passed is None  # no threshold, not the world's grammar
     pair = critic.compare(RED, BLUE, "a red circle")
     c_red, c_blue = critic.cosines([RED, BLUE], ["a red circle"] * 2).tolist()
     assert pair.preference == ("first" if c_red > c_blue else "second") and pair.both_orders_agree
+
+
+def test_clip_critic_fails_an_image_when_a_one_edit_variant_fits_it_better(tiny_clip):
+    prompt = "a red circle left of a blue square"
+    critic = ClipCritic(*tiny_clip, tolerance=0.01)
+    v = critic.critique(RED, prompt)
+    variants = v.details["variants"]
+    assert {x["text"] for x in variants} == {x.text for x in one_edit_variants(prompt)}
+    texts = [x["text"] for x in variants]
+    cos = critic.cosines([RED] * (len(texts) + 1), [prompt, *texts]).tolist()
+    assert v.details["cosine"] == pytest.approx(cos[0], abs=1e-5)
+    assert [x["cosine"] for x in variants] == pytest.approx(cos[1:], abs=1e-5)
+    assert [x["cosine"] for x in variants] == sorted((x["cosine"] for x in variants), reverse=True)
+    assert v.passed == (max(cos[1:]) - cos[0] <= 0.01)
+    better = [t for t, c in zip(texts, cos[1:]) if c - cos[0] > 0.01]
+    assert (f"best {better[0]!r}" in v.explanation) if better else ("no one-edit variant" in v.explanation)
+    assert ClipCritic(*tiny_clip, tolerance=2.0).critique(RED, prompt).passed  # cosines differ by < 2
+    assert ClipCritic(*tiny_clip, threshold=0.0).critique(RED, prompt).passed  # a threshold decides
+    off = ClipCritic(*tiny_clip, contrast=False).critique(RED, prompt)
+    assert off.passed is None and off.details["variants"] == [] and off.score == v.score
+    again = critic.critique_many([BLUE, RED], ["a blue square", prompt])[1]  # cached text features
+    assert [x["text"] for x in again.details["variants"]] == texts and again.passed == v.passed
+    assert [x["cosine"] for x in again.details["variants"]] == pytest.approx(cos[1:], abs=1e-5)
+    with pytest.raises(ValueError, match="tolerance"):
+        ClipCritic(*tiny_clip, tolerance=-0.1)
 
 
 def test_registry_builders_take_injected_models():

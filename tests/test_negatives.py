@@ -6,7 +6,13 @@ import pytest
 
 from selfcorrect.errors import PromptError
 from selfcorrect.world.grammar import parse_prompt
-from selfcorrect.world.negatives import NEGATIVE_KINDS, HardNegative, hard_negatives
+from selfcorrect.world.negatives import (
+    NEGATIVE_KINDS,
+    SPECIALISING_EDITS,
+    HardNegative,
+    hard_negatives,
+    one_edit_variants,
+)
 from selfcorrect.world.requirements import evaluate
 from selfcorrect.world.sampling import sample_scene
 from selfcorrect.world.scene import Scene, WorldObject
@@ -115,3 +121,24 @@ def test_suite_prompts_get_ten_false_negatives(split):
     # Only "a small red square"-like prompts run short: "no small red squares" alone names
     # nothing that is there, which the grammar refuses.
     assert min(counts) >= 9 and sum(counts) / len(counts) > 9.5
+
+
+def test_one_edit_variants_need_no_scene_and_leave_out_edits_that_only_add_a_word():
+    variants = one_edit_variants(CAPTION)
+    texts = [v.text for v in variants]
+    assert len(texts) == len(set(texts)) and CAPTION not in texts
+    assert {
+        "a photo of a blue circle left of a red square",
+        "a photo of a red circle above a blue square",
+    } <= set(texts)
+    assert all(v.family not in SPECIALISING_EDITS for v in variants)
+    for v in variants:
+        parse_prompt(v.text)
+    # With the specialising edits, the hard negatives are exactly the variants false for the scene.
+    every = one_edit_variants(CAPTION, specialising=True)
+    false = {v.text for v in every if not holds(SCENE, v.text)}
+    assert false == {h.text for h in hard_negatives(SCENE, CAPTION, n=1000, rng=random.Random(0))}
+    assert "a photo of a large red circle left of a blue square" in {v.text for v in every} - set(texts)
+    assert len(one_edit_variants(CAPTION, n=3)) == 3
+    with pytest.raises(PromptError):
+        one_edit_variants("a purple elephant")

@@ -8,9 +8,12 @@ training (the ``test`` split by default). What is measured:
    mode and in generate-and-parse mode, the DSG-style VQA critic, CLIPScore). Truth per image:
    ``passed`` (every requirement of the prompt holds) and the **pass rate** (the fraction of the
    prompt's requirements that hold). Accuracy compares the critic's ``passed`` with the truth's
-   (:func:`accuracy`, over the images the critic decided; CLIP has no threshold by default, so
-   it decides none and only its correlation is reported); :func:`spearman` correlates the
-   critic's ``score`` with the pass rate.
+   (:func:`accuracy`, over the images the critic decided: a critic with no pass/fail rule, such
+   as CLIP with ``contrast=False`` and no threshold, decides none and only its correlation is
+   reported); :func:`spearman` correlates the critic's ``score`` with the pass rate. The failing
+   renders are scenes of one of the prompt's hard negatives, i.e. of a one-edit variant of it,
+   exactly what the CLIP critic's contrastive pass/fail asks about: its render numbers flatter
+   it, its numbers on generated images do not.
 2. **Pairwise accuracy** on pairs of images of one prompt whose pass rates differ (the truth
    prefers the higher): LLaVA-Critic's position-fair :meth:`compare` (both orders), and, for every
    pointwise critic, the preference its two scores imply (:func:`preference_of`). A tie, where the

@@ -54,6 +54,8 @@ from selfcorrect.world.scene import COLOURS, RELATIONS, SHAPES, SIZES, Scene
 from selfcorrect.world.suites import mentions_heldout
 
 NEGATIVE_KINDS: tuple[str, ...] = ("attribute", "count", "relation")
+# Edits that only add a word ("a circle" -> "a red circle"): true wherever the caption is, for some images.
+SPECIALISING_EDITS: tuple[str, ...] = ("add colour", "add size")
 
 # The other size, in the same register ("little" -> "big", not "large").
 OTHER_SIZE_WORD: dict[str, str] = {
@@ -76,11 +78,13 @@ class HardNegative:
         kind: one of :data:`NEGATIVE_KINDS`.
         edit: what was changed, e.g. ``"circle colour red -> blue"``, ``"circle count two ->
             three"``, ``"relation left of -> above"``, ``"swap colour circles / square"``.
+        family: the kind of edit, e.g. ``"colour"``, ``"add colour"``, ``"swap shape"``.
     """
 
     text: str
     kind: str
     edit: str
+    family: str = ""
 
 
 def hard_negatives(
@@ -123,20 +127,66 @@ def hard_negatives(
         text = caption(scene, "positional", random.Random(scene.seed))
     elif isinstance(text, Requirements):
         text = canonical_prompt(text)
-    positive = parse_prompt(text)
-    if not all(r.passed for r in evaluate(scene.objects, positive)):
+    if not all(r.passed for r in evaluate(scene.objects, parse_prompt(text))):
         raise ValueError(f"{text!r} is not true of the scene, so it has no hard negatives")
-    heldout_ok = mentions_heldout(positive)  # a caption that names one may have negatives that do
+    out: list[HardNegative] = []
     if n == 0:
-        return []
+        return out
     rng = rng if rng is not None else random.Random(scene.seed)
+    for negative, requirements in _edits(text, rng, exclude_heldout):
+        if all(r.passed for r in evaluate(scene.objects, requirements)):
+            continue  # still true: not a negative (e.g. "a circle" -> "a red circle" on a red one)
+        out.append(negative)
+        if len(out) == n:
+            break
+    return out
 
+
+def one_edit_variants(
+    text: str,
+    *,
+    n: int | None = None,
+    rng: random.Random | None = None,
+    specialising: bool = False,
+    exclude_heldout: bool = True,
+) -> list[HardNegative]:
+    """Captions one edit away from ``text``, with no scene to check them against.
+
+    The edits of :func:`hard_negatives`, for a critic that has only the prompt: a CLIP that
+    prefers "a photo of two blue circles" to the prompt "a photo of two red circles" on an image
+    says the circles look blue (:class:`~selfcorrect.critics.clip.ClipCritic`).
+
+    Args:
+        text: a prompt of the world grammar.
+        n: how many at most (default all), kinds taking turns as in :func:`hard_negatives`.
+        rng: the order of candidates within an edit family (default ``random.Random(0)``).
+        specialising: keep the edits that only add a word (:data:`SPECIALISING_EDITS`, "a
+            circle" -> "a red circle"): they can be true wherever ``text`` is, so they are left
+            out by default.
+        exclude_heldout: as in :func:`hard_negatives`.
+
+    Raises:
+        PromptError: ``text`` is not a prompt of the world grammar.
+    """
+    out = []
+    for negative, _ in _edits(text, rng if rng is not None else random.Random(0), exclude_heldout):
+        if specialising or negative.family not in SPECIALISING_EDITS:
+            out.append(negative)
+            if len(out) == n:
+                break
+    return out
+
+
+def _edits(
+    text: str, rng: random.Random, exclude_heldout: bool
+) -> Iterator[tuple[HardNegative, Requirements]]:
+    """Every distinct single edit of ``text`` that parses, with its requirements, kinds taking turns."""
+    heldout_ok = mentions_heldout(parse_prompt(text))  # a caption that names one may have edits that do
     tokens = _TOKEN.findall(text)
     capital = tokens[0][:1].isupper()
     words = [t.lower() for t in tokens]
     seen = {_detokenize(words, capital)}
-    out: list[HardNegative] = []
-    for edited, kind, edit in _interleave(_candidates(words), rng):
+    for edited, kind, edit, family in _interleave(_candidates(words), rng):
         candidate = _detokenize(_agree(edited), capital)
         if candidate in seen:
             continue
@@ -147,12 +197,7 @@ def hard_negatives(
             continue
         if exclude_heldout and mentions_heldout(requirements) and not heldout_ok:
             continue
-        if all(r.passed for r in evaluate(scene.objects, requirements)):
-            continue  # still true: not a negative (e.g. "a circle" -> "a red circle" on a red one)
-        out.append(HardNegative(candidate, kind, edit))
-        if len(out) == n:
-            break
-    return out
+        yield HardNegative(candidate, kind, edit, family), requirements
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,7 +292,7 @@ def _noun(shape: str, plural: bool) -> str:
 # ---------------------------------------------------------------------------------------------
 # Edits. Each candidate is (words, kind, edit); they are made lazily and checked in order.
 
-_Candidate = tuple[list[str], str, str]
+_Candidate = tuple[list[str], str, str, str]  # edited words, kind, edit, family
 
 
 def _candidates(words: list[str]) -> dict[tuple[str, str], list[_Candidate]]:
@@ -256,7 +301,7 @@ def _candidates(words: list[str]) -> dict[tuple[str, str], list[_Candidate]]:
     groups: dict[tuple[str, str], list[_Candidate]] = {}
 
     def add(kind: str, family: str, edited: list[str], edit: str) -> None:
-        groups.setdefault((kind, family), []).append((edited, kind, edit))
+        groups.setdefault((kind, family), []).append((edited, kind, edit, family))
 
     for p in phrases:
         shape = NOUNS[words[p.noun]]
