@@ -3,9 +3,9 @@
 ``CLIPScore = 2.5 * max(cos(image, text), 0)``, in ``[0, 2.5]``; the reference implementation
 (``jmhessel/clipscore``) uses ViT-B/32 and prefixes the text with ``"A photo depicts"``, and with
 real CLIPs matched pairs land around 0.7-0.8 (cosine about 0.3). The verdict's score is CLIPScore
-normalised to ``[0, 1]``, i.e. ``max(cos, 0)`` itself. CLIP reads a bag of words and misses
-composition (counts, attribute binding, positions), so it has no per-requirement findings: use it
-as a cheap baseline, a filter, or a tie-breaker, not as the correction loop's judge.
+normalised to ``[0, 1]``, i.e. ``max(cos, 0)`` itself. A plain CLIP reads a bag of words and
+misses composition (counts, attribute binding, positions); the world CLIP was trained against
+hard negatives to see them (``benchmarks/clip_hard_negatives.py``).
 
 Whether a score passes depends on the model (the world CLIP and ViT-H-14 live on different
 scales) and on the prompt (a long prompt scores lower than a short one on the same image), so
@@ -13,10 +13,12 @@ scales) and on the prompt (a long prompt scores lower than a short one on the sa
 variants (:func:`~selfcorrect.world.negatives.one_edit_variants`: another colour, shape, size,
 count or relation, or two objects' attributes or a relation's sides swapped) are scored on the
 same image, and the image fails when some variant beats the prompt by more than ``tolerance``
-(cosine). A variant that wins says what looks wrong ("two blue circles" beats "two red circles": the circles look
-blue); the explanation names it and ``details["variants"]`` holds them all. This is the
-hard-negative test the world CLIP is measured on (``benchmarks/clip_hard_negatives.py``), asked
-about the prompt. A prompt outside the world grammar has no variants: then ``passed`` is None.
+(cosine). Each variant edits known requirements of the prompt
+(:func:`~selfcorrect.world.negatives.edited_requirements`), so there is one finding per
+requirement: it fails when a variant that edits it wins ("two blue circles" beats "two red
+circles": the circles look blue), and names that variant. ``details["variants"]`` holds them all.
+This is the hard-negative test the world CLIP is measured on, asked about the prompt. A prompt
+outside the world grammar has no variants and no findings: then ``passed`` is None.
 
 :meth:`ClipCritic.compare` needs no position-bias control (no order is shown to the model); its
 confidence is CLIP's own probability of the winning image, the softmax over the two images of
@@ -29,9 +31,10 @@ from collections.abc import Sequence
 
 import torch
 
-from selfcorrect.critics.verdicts import ImageVerdict, PairwiseVerdict
+from selfcorrect.critics.verdicts import Finding, ImageVerdict, PairwiseVerdict
 from selfcorrect.errors import PromptError
-from selfcorrect.world.negatives import HardNegative, one_edit_variants
+from selfcorrect.world.grammar import parse_prompt
+from selfcorrect.world.negatives import HardNegative, edited_requirements, one_edit_variants
 
 CLIPSCORE_WEIGHT = 2.5  # CLIPScore's w
 DEFAULT_TOLERANCE = 0.05  # see ClipCritic
@@ -90,7 +93,7 @@ class ClipCritic:
         if tolerance < 0:
             raise ValueError(f"tolerance must be at least 0, got {tolerance}")
         self.contrast, self.tolerance = contrast, tolerance
-        self._variants: dict[str, list[HardNegative]] = {}  # prompt -> its one-edit variants
+        self._variants: dict[str, tuple] = {}  # prompt -> _contrast(prompt)
         # text -> its (D,) embedding: the loop and the evaluations ask about the same prompts (and
         # variants) again and again. Cleared when it grows past TEXT_CACHE texts.
         self._text_features: dict[str, torch.Tensor] = {}
@@ -139,13 +142,25 @@ class ClipCritic:
 
     def variants(self, prompt: str) -> list[HardNegative]:
         """The prompt's one-edit variants ([] with ``contrast`` off or outside the world grammar)."""
+        return [v for v, _ in self._contrast(prompt)[1]]
+
+    def _contrast(self, prompt: str) -> tuple[list[str], list[tuple[HardNegative, tuple[int, ...]]]]:
+        """``(requirements, variants)``: the prompt's requirements in words and its one-edit
+        variants, each with the requirements it edits (indexes; see
+        :func:`~selfcorrect.world.negatives.edited_requirements`). Variants that edit none (they
+        restate the prompt) are left out."""
         if not self.contrast:
-            return []
+            return [], []
         if prompt not in self._variants:
             try:
-                self._variants[prompt] = one_edit_variants(prompt)
+                requirements = parse_prompt(prompt)
+                blamed = [
+                    (v, edited_requirements(requirements, parse_prompt(v.text)))
+                    for v in one_edit_variants(prompt)
+                ]
+                self._variants[prompt] = (requirements.describe(), [(v, b) for v, b in blamed if b])
             except PromptError:
-                self._variants[prompt] = []
+                self._variants[prompt] = ([], [])
         return self._variants[prompt]
 
     def _verdict(self, cosines: torch.Tensor, row: dict[str, int], prompt: str) -> ImageVerdict:
@@ -153,18 +168,27 @@ class ClipCritic:
         cos = float(cosines[row[prompt]])
         score = float(clipscore(cos)) / CLIPSCORE_WEIGHT
         explanation = f"CLIPScore {CLIPSCORE_WEIGHT * score:.3f} (cosine {cos:.3f})"
+        requirements, blamed = self._contrast(prompt)
         variants = sorted(
             (
-                {"text": v.text, "edit": v.edit, "cosine": float(cosines[row[v.text]])}
-                for v in self.variants(prompt)
+                {
+                    "text": v.text,
+                    "edit": v.edit,
+                    "requirements": list(b),
+                    "cosine": float(cosines[row[v.text]]),
+                }
+                for v, b in blamed
             ),
             key=lambda v: -v["cosine"],
+        )
+        findings = (
+            [self._finding(r, text, cos, variants) for r, text in enumerate(requirements)] if variants else []
         )
         passed = None
         if self.threshold is not None:
             passed = score >= self.threshold
         elif variants:
-            passed = variants[0]["cosine"] - cos <= self.tolerance
+            passed = all(f.passed for f in findings)
         if variants:
             better = [v for v in variants if v["cosine"] - cos > self.tolerance]
             if better:
@@ -181,16 +205,37 @@ class ClipCritic:
         return ImageVerdict(
             score=score,
             passed=passed,
+            findings=findings,
             explanation=explanation,
             critic=self.name,
             details={"cosine": cos, "clipscore": CLIPSCORE_WEIGHT * score, "variants": variants},
         )
 
+    def _finding(self, r: int, requirement: str, cos: float, variants: list[dict]) -> Finding:
+        """Requirement ``r`` holds unless a variant that edits it beats the prompt by more than
+        the tolerance; its score is CLIP's probability of the prompt against the best such
+        variant (the softmax of ``logit_scale * cosine`` over the two)."""
+        mine = [v for v in variants if r in v["requirements"]]  # best first
+        if not mine:
+            return Finding(requirement, True, 1.0, None, "no variant edits it")
+        best = mine[0]
+        p = float(torch.sigmoid(torch.tensor(self._logit_scale() * (cos - best["cosine"]))))
+        return Finding(
+            requirement,
+            best["cosine"] - cos <= self.tolerance,
+            p,
+            None,
+            f"prompt {cos:.3f} vs {best['text']!r} ({best['edit']}) {best['cosine']:.3f}",
+        )
+
+    def _logit_scale(self) -> float:
+        scale = getattr(self.model, "logit_scale", None)
+        return float(scale.detach().exp()) if scale is not None else 100.0
+
     def compare(self, image_a, image_b, prompt: str) -> PairwiseVerdict:
         """The image with the higher cosine wins; confidence is CLIP's softmax over the two."""
         cos = self.cosines([image_a, image_b], [prompt, prompt])
-        scale = float(self.model.logit_scale.detach().exp()) if hasattr(self.model, "logit_scale") else 100.0
-        p_first, p_second = torch.softmax(scale * cos, dim=0).tolist()
+        p_first, p_second = torch.softmax(self._logit_scale() * cos, dim=0).tolist()
         if cos[0] == cos[1]:
             preference, confidence = "tie", 1.0
         else:

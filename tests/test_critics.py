@@ -512,6 +512,13 @@ def test_clip_critic_fails_an_image_when_a_one_edit_variant_fits_it_better(tiny_
     assert [x["cosine"] for x in variants] == pytest.approx(cos[1:], abs=1e-5)
     assert [x["cosine"] for x in variants] == sorted((x["cosine"] for x in variants), reverse=True)
     assert v.passed == (max(cos[1:]) - cos[0] <= 0.01)
+    # One finding per requirement: it fails when a variant that edits it wins by more than 0.01.
+    described = ["at least one red circle", "at least one blue square", "red circle left of blue square"]
+    assert [f.requirement for f in v.findings] == described and v.passed == all(f.passed for f in v.findings)
+    for r, f in enumerate(v.findings):
+        edits_r = [c for x, c in zip(variants, cos[1:]) if r in x["requirements"]]
+        assert edits_r and f.passed == (max(edits_r) - cos[0] <= 0.01) and 0.0 <= f.score <= 1.0
+        assert (f.score > 0.5) == (cos[0] > max(edits_r))
     better = [t for t, c in zip(texts, cos[1:]) if c - cos[0] > 0.01]
     assert (f"best {better[0]!r}" in v.explanation) if better else ("no one-edit variant" in v.explanation)
     assert ClipCritic(*tiny_clip, tolerance=2.0).critique(RED, prompt).passed  # cosines differ by < 2

@@ -10,6 +10,7 @@ from selfcorrect.world.negatives import (
     NEGATIVE_KINDS,
     SPECIALISING_EDITS,
     HardNegative,
+    edited_requirements,
     hard_negatives,
     one_edit_variants,
 )
@@ -142,3 +143,24 @@ def test_one_edit_variants_need_no_scene_and_leave_out_edits_that_only_add_a_wor
     assert len(one_edit_variants(CAPTION, n=3)) == 3
     with pytest.raises(PromptError):
         one_edit_variants("a purple elephant")
+
+
+def test_edited_requirements_names_what_an_edit_changed():
+    original = parse_prompt(CAPTION)  # 0: a red circle, 1: a blue square, 2: circle left of square
+
+    def blamed(text):
+        return edited_requirements(original, parse_prompt(text))
+
+    assert blamed("a photo of a green circle left of a blue square") == (0,)
+    assert blamed("a photo of a red circle left of a blue triangle") == (1,)
+    assert blamed("a photo of a blue circle left of a red square") == (0, 1)  # swap colour
+    assert blamed("a photo of a red circle above a blue square") == (2,)
+    assert blamed("a photo of a blue square left of a red circle") == (2,)  # sides swapped
+    assert blamed(CAPTION) == ()
+    # Reordered object groups with no relation restate the prompt.
+    assert (
+        edited_requirements(
+            parse_prompt("a red circle and a blue circle"), parse_prompt("a blue circle and a red circle")
+        )
+        == ()
+    )

@@ -177,6 +177,23 @@ def one_edit_variants(
     return out
 
 
+def edited_requirements(original: Requirements, edited: Requirements) -> tuple[int, ...]:
+    """Which requirements of ``original`` an edit changed, as indexes into
+    :meth:`Requirements.describe` (object groups first, then relations).
+
+    A swap of a relation's two sides leaves the object groups as they were, only in another
+    order: that is the relations' change. An edit that only reorders object groups, with no
+    relation to blame, says the same as ``original`` and changes nothing: ``()``.
+    """
+    n = len(original.objects)
+    changed = [i for i, (a, b) in enumerate(zip(original.objects, edited.objects)) if a != b]
+    moved = sorted(map(repr, edited.objects)) == sorted(map(repr, original.objects))
+    if changed and len(edited.objects) == n and moved:
+        return tuple(n + i for i in range(len(original.relations)))  # the same objects, reordered
+    changed += [n + i for i, (a, b) in enumerate(zip(original.relations, edited.relations)) if a != b]
+    return tuple(changed)
+
+
 def _edits(
     text: str, rng: random.Random, exclude_heldout: bool
 ) -> Iterator[tuple[HardNegative, Requirements]]:
