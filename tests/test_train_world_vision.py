@@ -129,3 +129,18 @@ def test_a_tower_of_another_activation_or_folder_is_refused(tower, tmp_path):
     gelu = world_vlm.build_model(world_vlm.PROFILES["tiny"], tokenizer, vision_act="gelu")
     with pytest.raises(SelfcorrectError, match="uses quick_gelu, the model's gelu"):
         world_vlm.init_vision_from(gelu, tower, world_vlm.PROFILES["tiny"])
+
+
+def test_time_limit_stops_with_a_checkpoint_and_a_rerun_finishes(tmp_path, caplog):
+    argv = ["--profile", "tiny", "--output-dir", str(tmp_path), "--no-progress"]
+    with caplog.at_level("INFO"):
+        assert world_vision.main(world_vision.parse_args([*argv, "--time-limit", "0"])) is None
+    assert "stopped after step 1 of 3" in caplog.text and "run the same command again" in caplog.text
+    assert [c.name for c in (tmp_path / "checkpoints").iterdir()] == ["vision-0000001"]
+    assert not (tmp_path / "tower").exists()
+    tower = world_vision.main(world_vision.parse_args(argv))  # resumes at step 1
+    assert tower == tmp_path / "tower"
+    assert json.loads((tower / "selfcorrect_training.json").read_text())["steps_this_run"] == 2
+    assert (
+        world_vision.main(world_vision.parse_args([*argv, "--time-limit", "0"])) == tower
+    )  # done: nothing to stop

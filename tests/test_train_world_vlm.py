@@ -230,3 +230,25 @@ def test_vision_tower_starts_exactly_from_the_world_clip():
     quick = world_vlm.build_model(world_vlm.PROFILES["cpu"], tokenizer)  # quick_gelu: another network
     with pytest.raises(SelfcorrectError, match="activation quick_gelu"):
         world_vlm.init_vision_from_open_clip(quick.model.vision_tower, clip)
+
+
+def test_time_limit_stops_with_a_checkpoint_that_a_rerun_resumes(trained, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(trained / "processor", out / "processor")
+    shutil.copytree(trained / "checkpoints", out / "checkpoints")
+    argv = [
+        "--profile",
+        "tiny",
+        "--output-dir",
+        str(out),
+        "--no-progress",
+        "--steps",
+        "6",
+        "--eval-turns",
+        "0",
+    ]
+    assert world_vlm.main(world_vlm.parse_args([*argv, "--time-limit", "0"])) is None  # one step, then stop
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["vlm-0000003", "vlm-0000004"]
+    assert not (out / "model").exists()
+    assert world_vlm.main(world_vlm.parse_args(argv)) == out / "model"
+    assert json.loads((out / "model" / "selfcorrect_training.json").read_text())["steps_this_run"] == 2

@@ -143,6 +143,13 @@ def test_checkpoints_are_atomic_and_a_rerun_resumes(trained):
     record = json.loads((trained / "model" / "selfcorrect_training.json").read_text())
     assert record["steps_this_run"] == 1  # resumed at step 3, not started over
     assert weights.read_bytes() != before
+    # --time-limit 0: one more step, a checkpoint, no model; the rerun finishes.
+    argv = ["--profile", "tiny", "--output-dir", str(trained), "--no-progress", "--steps", "6"]
+    saved = weights.read_bytes()
+    assert world_clip.main(world_clip.parse_args([*argv, "--time-limit", "0"])) is None
+    assert (trained / "checkpoints" / "clip-0000005").exists() and weights.read_bytes() == saved
+    assert world_clip.main(world_clip.parse_args(argv)) == trained / "model"
+    assert json.loads((trained / "model" / "selfcorrect_training.json").read_text())["steps_this_run"] == 1
     # Another architecture in the same folder is refused, not silently mixed.
     argv = ["--profile", "cpu", "--output-dir", str(trained), "--no-progress", "--steps", "1"]
     with pytest.raises(SelfcorrectError, match="another model config"):

@@ -55,9 +55,11 @@ from selfcorrect.train.world_t2i import (
     CANVAS,
     captioned_scene,
     checkpoint_if_due,
+    deadline_of,
     resume,
     run_config,
     run_script,
+    stopped_early,
     training_parser,
 )
 
@@ -167,7 +169,9 @@ PROFILES: dict[str, ClipConfig] = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = training_parser(__doc__, PROFILES, "checkpoints go here; the model in OUTPUT_DIR/model", 250)
+    p = training_parser(
+        __doc__, PROFILES, "checkpoints go here; the model in OUTPUT_DIR/model", 250, time_limit=True
+    )
     p.add_argument("--steps", type=int, default=None, help="override the profile's steps (to train longer)")
     p.add_argument(
         "--init-vision",
@@ -479,8 +483,9 @@ def evaluate_hard_negatives(
 # Training
 
 
-def main(args: argparse.Namespace) -> Path:
-    """Run (or resume) training, evaluate on the val split and save the model; returns its folder."""
+def main(args: argparse.Namespace) -> Path | None:
+    """Run (or resume) training, evaluate on the val split and save the model; returns its folder
+    (None when ``--time-limit`` stopped it first: a checkpoint is saved and a rerun resumes)."""
     import open_clip
     import torch
     from accelerate import Accelerator
@@ -540,6 +545,7 @@ def main(args: argparse.Namespace) -> Path:
         disable=args.no_progress or not accelerator.is_main_process,
     )
     started = time.perf_counter()
+    deadline, done = deadline_of(args, started), start
     losses: list[float] = []
     model.train()
     for step, batch in enumerate(loader, start=start):
@@ -574,8 +580,15 @@ def main(args: argparse.Namespace) -> Path:
         losses.append(loss.item())
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", scale=f"{logit_scale.item():.1f}")
-        checkpoint_if_due(accelerator, args.output_dir, STAGE, step + 1, config.steps, args.checkpoint_every)
+        done = step + 1
+        if checkpoint_if_due(
+            accelerator, args.output_dir, STAGE, done, config.steps, args.checkpoint_every, deadline=deadline
+        ):
+            break
     bar.close()
+    if done < config.steps:
+        stopped_early(done, config.steps, args)
+        return None
     seconds = time.perf_counter() - started
 
     out = args.output_dir / "model"

@@ -144,10 +144,11 @@ def run_config(profiles: dict, name: str):
 
 
 def training_parser(
-    doc: str, profiles: dict, output_help: str, checkpoint_every: int
+    doc: str, profiles: dict, output_help: str, checkpoint_every: int, time_limit: bool = False
 ) -> argparse.ArgumentParser:
     """The flags every training script shares: ``--profile``, ``--output-dir``, ``--seed``,
-    ``--checkpoint-every``, ``--no-progress``; each script adds its own."""
+    ``--checkpoint-every``, ``--no-progress`` (and ``--time-limit`` for the scripts whose loop
+    honours it); each script adds its own."""
     p = argparse.ArgumentParser(
         description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -163,6 +164,15 @@ def training_parser(
         help=f"steps between checkpoints (default: {checkpoint_every})",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    if time_limit:
+        p.add_argument(
+            "--time-limit",
+            type=float,
+            default=None,
+            metavar="SECONDS",
+            help="stop after this many seconds of training, with a checkpoint; the same command run "
+            "again resumes (for machines lent in short calls)",
+        )
     return p
 
 
@@ -355,12 +365,49 @@ def latest_checkpoint(output_dir: Path, stage: str) -> Path | None:
 
 
 def checkpoint_if_due(
-    accelerator, output_dir: Path, stage: str, done: int, total: int, every: int, extra: dict | None = None
-) -> None:
+    accelerator,
+    output_dir: Path,
+    stage: str,
+    done: int,
+    total: int,
+    every: int,
+    extra: dict | None = None,
+    deadline: float | None = None,
+) -> bool:
     """After step ``done`` of ``total``: :func:`save_checkpoint` every ``every`` steps and after
-    the last one (``every`` 0: after the last one only). Every training loop calls it per step."""
-    if done == total or (every and done % every == 0):
+    the last one (``every`` 0: after the last one only). Every training loop calls it per step.
+
+    ``deadline`` (a :func:`time.perf_counter` value, from ``--time-limit``): once it has passed
+    before the last step, a checkpoint is saved and the answer is True: the loop stops there, and
+    the same command run again resumes. Every process gets the same answer (accelerate's
+    trigger), so that all stop after the same step.
+    """
+    out_of_time = False
+    if deadline is not None and done < total:
+        if time.perf_counter() > deadline:
+            accelerator.set_trigger()
+        out_of_time = accelerator.check_trigger()
+    if done == total or (every and done % every == 0) or out_of_time:
         save_checkpoint(accelerator, output_dir, stage, done, extra or {})
+    return out_of_time
+
+
+def deadline_of(args: argparse.Namespace, started: float) -> float | None:
+    """``started + --time-limit`` (None without one)."""
+    limit = getattr(args, "time_limit", None)
+    return None if limit is None else started + limit
+
+
+def stopped_early(done: int, total: int, args: argparse.Namespace) -> None:
+    """Say where a run stopped by ``--time-limit`` is, and how to go on."""
+    logger.info(
+        "stopped after step %d of %d (--time-limit %g s); the checkpoint is in %s: run the same command "
+        "again to resume",
+        done,
+        total,
+        args.time_limit,
+        args.output_dir / "checkpoints",
+    )
 
 
 def resume(accelerator, output_dir: Path, stage: str) -> int:

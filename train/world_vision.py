@@ -49,9 +49,11 @@ from selfcorrect.train.generated_pool import load_pool
 from selfcorrect.train.world_t2i import (
     CANVAS,
     checkpoint_if_due,
+    deadline_of,
     resume,
     run_config,
     run_script,
+    stopped_early,
     training_parser,
 )
 from selfcorrect.train.world_vlm import PROFILES as VLM_PROFILES
@@ -96,7 +98,9 @@ PROFILES: dict[str, VisionConfig] = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = training_parser(__doc__, PROFILES, "checkpoints go here; the tower in OUTPUT_DIR/tower", 250)
+    p = training_parser(
+        __doc__, PROFILES, "checkpoints go here; the tower in OUTPUT_DIR/tower", 250, time_limit=True
+    )
     p.add_argument("--steps", type=int, default=None, help="override the profile's steps")
     p.add_argument(
         "--init-clip",
@@ -268,8 +272,9 @@ def probe_metrics(outputs, targets: dict) -> dict:
 # Training
 
 
-def main(args: argparse.Namespace) -> Path:
-    """Train (or resume) the tower and its probe; save the tower; returns its folder."""
+def main(args: argparse.Namespace) -> Path | None:
+    """Train (or resume) the tower and its probe; save the tower; returns its folder (None when
+    ``--time-limit`` stopped it first: a checkpoint is saved and a rerun resumes)."""
     import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -323,6 +328,7 @@ def main(args: argparse.Namespace) -> Path:
     )
     bar = tqdm(total=config.steps, initial=start, desc="vision", disable=args.no_progress)
     started, losses = time.perf_counter(), []
+    deadline, done = deadline_of(args, started), start
     tower.train()
     for step, batch in enumerate(loader, start=start):
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
@@ -335,8 +341,15 @@ def main(args: argparse.Namespace) -> Path:
         losses.append(loss.item())
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", **{k: f"{v:.2f}" for k, v in parts.items()})
-        checkpoint_if_due(accelerator, args.output_dir, STAGE, step + 1, config.steps, args.checkpoint_every)
+        done = step + 1
+        if checkpoint_if_due(
+            accelerator, args.output_dir, STAGE, done, config.steps, args.checkpoint_every, deadline=deadline
+        ):
+            break
     bar.close()
+    if done < config.steps:
+        stopped_early(done, config.steps, args)
+        return None
     seconds = time.perf_counter() - started
 
     out = args.output_dir / "tower"

@@ -65,9 +65,11 @@ from selfcorrect.train.generated_pool import load_pool
 from selfcorrect.train.world_t2i import (
     CANVAS,
     checkpoint_if_due,
+    deadline_of,
     resume,
     run_config,
     run_script,
+    stopped_early,
     training_parser,
 )
 
@@ -202,7 +204,9 @@ PROFILES: dict[str, VLMConfig] = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = training_parser(__doc__, PROFILES, "checkpoints go here; the model in OUTPUT_DIR/model", 250)
+    p = training_parser(
+        __doc__, PROFILES, "checkpoints go here; the model in OUTPUT_DIR/model", 250, time_limit=True
+    )
     p.add_argument("--steps", type=int, default=None, help="override the profile's steps (to train longer)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument(
@@ -743,8 +747,9 @@ def evaluate_answers(vlm, data, turns: int = 100, batch_size: int = 16, max_new_
 # Training
 
 
-def main(args: argparse.Namespace, conversations: Callable | None = None) -> Path:
-    """Run (or resume) training, save the model and validate it; returns its folder.
+def main(args: argparse.Namespace, conversations: Callable | None = None) -> Path | None:
+    """Run (or resume) training, save the model and validate it; returns its folder (None when
+    ``--time-limit`` stopped it first: a checkpoint is saved and a rerun resumes).
 
     Args:
         args: from :func:`parse_args`.
@@ -841,6 +846,7 @@ def main(args: argparse.Namespace, conversations: Callable | None = None) -> Pat
         disable=args.no_progress or not accelerator.is_main_process,
     )
     started = time.perf_counter()
+    deadline, done = deadline_of(args, started), start
     losses: list[float] = []
     task_loss: dict[str, float] = {}  # running mean per task, for the progress bar and the record
     model.train()
@@ -862,8 +868,15 @@ def main(args: argparse.Namespace, conversations: Callable | None = None) -> Pat
                 task_loss[task] = 0.9 * task_loss.get(task, total / n) + 0.1 * total / n
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", **{t: f"{v:.2f}" for t, v in sorted(task_loss.items())})
-        checkpoint_if_due(accelerator, args.output_dir, STAGE, step + 1, config.steps, args.checkpoint_every)
+        done = step + 1
+        if checkpoint_if_due(
+            accelerator, args.output_dir, STAGE, done, config.steps, args.checkpoint_every, deadline=deadline
+        ):
+            break
     bar.close()
+    if done < config.steps:
+        stopped_early(done, config.steps, args)
+        return None
     seconds = time.perf_counter() - started
 
     out = args.output_dir / "model"
