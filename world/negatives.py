@@ -54,7 +54,7 @@ from selfcorrect.world.scene import COLOURS, RELATIONS, SHAPES, SIZES, Scene
 from selfcorrect.world.suites import mentions_heldout
 
 NEGATIVE_KINDS: tuple[str, ...] = ("attribute", "count", "relation")
-# Edits that only add a word ("a circle" -> "a red circle"): true wherever the caption is, for some images.
+# Edits that only add a word: both can hold at once (of a red circle, "a circle" and "a red circle").
 SPECIALISING_EDITS: tuple[str, ...] = ("add colour", "add size")
 
 # The other size, in the same register ("little" -> "big", not "large").
@@ -307,7 +307,7 @@ def _noun(shape: str, plural: bool) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Edits. Each candidate is (words, kind, edit); they are made lazily and checked in order.
+# Edits. Each candidate is (words, kind, edit, family); they are made lazily and checked in order.
 
 _Candidate = tuple[list[str], str, str, str]  # edited words, kind, edit, family
 
