@@ -115,6 +115,24 @@ def test_a_trained_vlm_takes_the_tower_and_starts_a_new_projector(tower, tmp_pat
     notes = json.loads((more / "model" / "selfcorrect_training.json").read_text())["config"]["notes"]
     assert notes["init_vision"] == str(tower) and notes["init_model"] == str(first / "model")
     assert world_vlm.PROFILES["tiny"].notes == {}  # the run noted this in its own config only
+    # --vision-lr-scale 0 freezes the tower; the projector and the language model still learn.
+    frozen = tmp_path / "frozen"
+    argv = ["--profile", "tiny", "--output-dir", str(frozen), "--no-progress", "--eval-turns", "0"]
+    argv += ["--init-model", str(first / "model"), "--init-vision", str(tower), "--vision-lr-scale", "0"]
+    world_vlm.main(world_vlm.parse_args(argv))
+
+    def tower_of(run):
+        return world_vlm.load_for_training(
+            run / "model", world_vlm.PROFILES["tiny"]
+        ).model.vision_tower.state_dict()
+
+    assert all(torch.equal(tower_of(frozen)[k], mine[k].half().float()) for k in mine)  # saved in fp16
+    assert not all(torch.equal(tower_of(more)[k], mine[k].half().float()) for k in mine)  # 0.3: it learns
+    lm = "language_model.model.norm.weight"
+    assert not torch.equal(
+        load_file(frozen / "model" / "model.safetensors")[lm],
+        load_file(first / "model" / "model.safetensors")[lm],
+    )
 
 
 def test_a_tower_of_another_activation_or_folder_is_refused(tower, tmp_path):

@@ -241,6 +241,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(tasks not named keep their default weight)",
     )
     p.add_argument("--lr", type=float, default=None, help="override the profile's peak learning rate")
+    p.add_argument(
+        "--vision-lr-scale",
+        type=float,
+        default=None,
+        help="a pretrained vision tower's learning rate relative to --lr (default: the profile's); "
+        "0 freezes it, as LLaVA does",
+    )
     p.add_argument("--eval-turns", type=int, default=None, help="held-out answers checked at the end")
     return p.parse_args(argv)
 
@@ -764,7 +771,7 @@ def main(args: argparse.Namespace, conversations: Callable | None = None) -> Pat
     from tqdm.auto import tqdm
 
     config = run_config(PROFILES, args.profile)  # this run writes into its notes
-    for name in ("steps", "batch_size", "num_workers", "eval_turns", "lr"):
+    for name in ("steps", "batch_size", "num_workers", "eval_turns", "lr", "vision_lr_scale"):
         if getattr(args, name, None) is not None:
             setattr(config, name, getattr(args, name))
     mix = getattr(args, "mix", None)
@@ -797,11 +804,15 @@ def main(args: argparse.Namespace, conversations: Callable | None = None) -> Pat
     pretrained_vision = bool(init_vision or init_model)
 
     # AdamW without weight decay on gains, biases and embeddings' norms (1-D parameters); a
-    # pretrained vision tower learns at vision_lr_scale * lr.
+    # pretrained vision tower learns at vision_lr_scale * lr, or not at all at 0.
+    if pretrained_vision and config.vision_lr_scale == 0:
+        model.model.vision_tower.requires_grad_(False)
     vision = {id(t) for t in model.model.vision_tower.parameters()}
     groups = []
     for in_vision in (False, True):
         lr = config.lr * (config.vision_lr_scale if in_vision and pretrained_vision else 1.0)
+        if lr == 0:
+            continue
         params = [t for t in model.parameters() if (id(t) in vision) == in_vision]
         groups.append(
             {"params": [t for t in params if t.ndim >= 2], "weight_decay": config.weight_decay, "lr": lr}
