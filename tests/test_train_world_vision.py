@@ -110,12 +110,12 @@ def test_a_trained_vlm_takes_the_tower_and_starts_a_new_projector(tower, tmp_pat
     # ... and through the command line: the record names both starting points
     more = tmp_path / "more"
     argv = ["--profile", "tiny", "--output-dir", str(more), "--no-progress", "--eval-turns", "0"]
-    argv += ["--init-model", str(first / "model"), "--init-vision", str(tower)]
+    argv += ["--init-model", str(first / "model"), "--init-vision", str(tower), "--vision-lr-scale", "0.3"]
     world_vlm.main(world_vlm.parse_args(argv))
     notes = json.loads((more / "model" / "selfcorrect_training.json").read_text())["config"]["notes"]
     assert notes["init_vision"] == str(tower) and notes["init_model"] == str(first / "model")
     assert world_vlm.PROFILES["tiny"].notes == {}  # the run noted this in its own config only
-    # --vision-lr-scale 0 freezes the tower; the projector and the language model still learn.
+    # --vision-lr-scale 0 (the default) freezes the tower; the projector and the language model learn.
     frozen = tmp_path / "frozen"
     argv = ["--profile", "tiny", "--output-dir", str(frozen), "--no-progress", "--eval-turns", "0"]
     argv += ["--init-model", str(first / "model"), "--init-vision", str(tower), "--vision-lr-scale", "0"]
