@@ -130,7 +130,7 @@ class VLMConfig:
       or ``--init-model``); 0 freezes it, as LLaVA does. Measured: a densely pretrained tower
       (:mod:`selfcorrect.train.world_vision`) trained on at 0.3 for 2100 steps lost what the
       language model most needed, shape (a linear readout of its patch tokens fell from 0.96 to
-      0.71), while frozen it let shape answers rise from 0.41 to 0.62 in 900 steps
+      0.71), while frozen it let shape answers on val rise from 0.40 to 0.62 in 900 steps
       (``selfcorrect/weights/world-vlm/README.md``).
     """
 
