@@ -144,21 +144,26 @@ def test_vlm_backend_chats_and_scores(trained):
     assert logp.shape == (2, 2) and (logp <= 0).all() and torch.isfinite(logp).all()
 
 
-def test_rerun_resumes_from_the_last_checkpoint(trained, tmp_path):
+def copy_of_run(trained, tmp_path, steps: int) -> tuple:
+    """A copy of the trained run's processor and checkpoints, and the argv that goes on to ``steps``."""
     out = tmp_path / "run"
     shutil.copytree(trained / "processor", out / "processor")
     shutil.copytree(trained / "checkpoints", out / "checkpoints")
-    argv = [
+    return out, [
         "--profile",
         "tiny",
         "--output-dir",
         str(out),
         "--no-progress",
         "--steps",
-        "4",
+        str(steps),
         "--eval-turns",
         "0",
     ]
+
+
+def test_rerun_resumes_from_the_last_checkpoint(trained, tmp_path):
+    out, argv = copy_of_run(trained, tmp_path, 4)
     world_vlm.main(world_vlm.parse_args(argv))
     record = json.loads((out / "model" / "selfcorrect_training.json").read_text())
     assert record["steps_this_run"] == 1  # steps 3 -> 4 only
@@ -233,20 +238,7 @@ def test_vision_tower_starts_exactly_from_the_world_clip():
 
 
 def test_time_limit_stops_with_a_checkpoint_that_a_rerun_resumes(trained, tmp_path):
-    out = tmp_path / "run"
-    shutil.copytree(trained / "processor", out / "processor")
-    shutil.copytree(trained / "checkpoints", out / "checkpoints")
-    argv = [
-        "--profile",
-        "tiny",
-        "--output-dir",
-        str(out),
-        "--no-progress",
-        "--steps",
-        "6",
-        "--eval-turns",
-        "0",
-    ]
+    out, argv = copy_of_run(trained, tmp_path, 6)
     assert world_vlm.main(world_vlm.parse_args([*argv, "--time-limit", "0"])) is None  # one step, then stop
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["vlm-0000003", "vlm-0000004"]
     assert not (out / "model").exists()
