@@ -50,10 +50,11 @@ def readout(tower, images: int, generated: Path | None, seed: int = 7) -> dict:
 
 def single_objects(vlm, n: int, seed: int = 0) -> dict:
     """Greedy colour and shape answers about ``n`` lone rendered objects."""
-    from selfcorrect.world.conversations import answer_text, vqa_prompt
+    from selfcorrect.world.conversations import vqa_prompt
     from selfcorrect.world.render import render
     from selfcorrect.world.scene import COLOURS, SHAPES, SIZES, Scene, WorldObject
     from selfcorrect.world.suites import HELDOUT_COMBOS
+    from selfcorrect.world.vlm_eval import is_right
 
     rng = random.Random(seed)
     images, questions, truth = [], [], []
@@ -71,10 +72,7 @@ def single_objects(vlm, n: int, seed: int = 0) -> dict:
         ]
         truth += [colour, shape]
     answers = vlm.chat(images, questions, max_new_tokens=6)
-    right = [
-        a.strip().rstrip(".").lower() == answer_text(t).strip().rstrip(".").lower()
-        for a, t in zip(answers, truth)
-    ]
+    right = [is_right(a, t) for a, t in zip(answers, truth)]
     return {"objects": n, "colour": round(sum(right[0::2]) / n, 3), "shape": round(sum(right[1::2]) / n, 3)}
 
 
