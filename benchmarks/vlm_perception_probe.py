@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import random
 import time
 from pathlib import Path
@@ -111,6 +112,7 @@ def main() -> None:
         "",
         f"`{command}`",
         "",
+        f"{platform.platform()}, torch {torch.__version__} (threads: {torch.get_num_threads()}), CPU; "
         f"{time.perf_counter() - started:.0f} s. Readout: held-out ridge accuracy of colour / shape from the tower's "
         "object patch tokens. Single objects: greedy answers about one rendered object.",
         "",
