@@ -120,3 +120,21 @@ def test_training_scripts_turn_bad_input_into_a_message_and_exit_code_2(tmp_path
     with pytest.raises(KeyError):  # a bug keeps its traceback
         world_t2i.run_script(broken, world_clip.parse_args, argv)
     assert world_t2i.run_script(lambda args: None, world_clip.parse_args, argv) == 0
+
+
+def test_bad_flags_are_usage_errors(tmp_path, capsys):
+    from selfcorrect.train import world_vlm
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    for flags, message in (
+        (["--output-dir", str(a_file)], "is a file, not a folder"),
+        (["--output-dir", str(tmp_path), "--time-limit", "-5"], "must be 0 or more"),
+        (["--output-dir", str(tmp_path), "--vision-lr-scale", "-1"], "must be 0 or more"),
+        (["--output-dir", str(tmp_path), "--vision-lr-scale", "x"], "invalid number"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            world_vlm.parse_args(["--profile", "tiny", *flags])
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+    args = world_vlm.parse_args(["--profile", "tiny", "--output-dir", str(tmp_path), "--time-limit", "0"])
+    assert args.time_limit == 0.0 and args.output_dir == tmp_path

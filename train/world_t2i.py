@@ -143,6 +143,25 @@ def run_config(profiles: dict, name: str):
     return copy.deepcopy(profiles[name])
 
 
+def non_negative(text: str) -> float:
+    """argparse type: a number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def output_folder(text: str) -> Path:
+    """argparse type: a folder to write into (it may not exist yet; an existing file is refused)."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
+    return path
+
+
 def training_parser(
     doc: str, profiles: dict, output_help: str, checkpoint_every: int, time_limit: bool = False
 ) -> argparse.ArgumentParser:
@@ -155,7 +174,7 @@ def training_parser(
     p.add_argument(
         "--profile", choices=sorted(profiles), default="cpu", help="size and schedule preset (default: cpu)"
     )
-    p.add_argument("--output-dir", type=Path, required=True, help=output_help)
+    p.add_argument("--output-dir", type=output_folder, required=True, help=output_help)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--checkpoint-every",
@@ -167,7 +186,7 @@ def training_parser(
     if time_limit:
         p.add_argument(
             "--time-limit",
-            type=float,
+            type=non_negative,
             default=None,
             metavar="SECONDS",
             help="stop after this many seconds of training, with a checkpoint; the same command run "

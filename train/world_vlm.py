@@ -66,6 +66,7 @@ from selfcorrect.train.world_t2i import (
     CANVAS,
     checkpoint_if_due,
     deadline_of,
+    non_negative,
     resume,
     run_config,
     run_script,
@@ -246,7 +247,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=None, help="override the profile's peak learning rate")
     p.add_argument(
         "--vision-lr-scale",
-        type=float,
+        type=non_negative,
         default=None,
         help="a pretrained vision tower's learning rate relative to --lr (default: the profile's); "
         "0 freezes it, as LLaVA does",
