@@ -110,13 +110,18 @@ class Corrector:
 
             planned_by = None
 
+        # the loop's clip-proposals detector lends its CLIP to a CLIP-based critic: loaded once
+        clip = _clip_of(built_detector)
         if critic == "clip":
-            built_critic = CRITICS[critic](device=device)
+            built_critic = CRITICS[critic](clip=clip, device=device)
         elif critic == "detection":
-            # the loop's prompt parser; its own clip-proposals (cheap, and reporting the weak
-            # detections that grade its findings), else the loop's detector, shared
+            # the loop's prompt parser; its own clip-proposals (on the same CLIP, but reporting
+            # the weak detections that grade its findings), else the loop's detector, shared
             judge = detector if detector == "clip-proposals" else built_detector
-            built_critic = CRITICS[critic](detector=judge, device=device, expected_of=expect)
+            options = {"clip": clip} if clip else {}
+            built_critic = CRITICS[critic](
+                detector=judge, device=device, expected_of=expect, detector_options=options
+            )
         else:
             built_critic = CRITICS[critic](vlm=shared)
 
@@ -166,6 +171,13 @@ class Corrector:
                 "guidance": edit.guidance,
             },
         }
+
+
+def _clip_of(detector) -> tuple | None:
+    """The ``(model, preprocess, tokenizer)`` of a CLIP-labelling detector, else None."""
+    if all(hasattr(detector, name) for name in ("model", "preprocess", "tokenizer")):
+        return detector.model, detector.preprocess, detector.tokenizer
+    return None
 
 
 def job_folder(output: Path, index: int, prompt: str, seed: int, seeds: int) -> Path:

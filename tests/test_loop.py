@@ -405,3 +405,23 @@ def test_min_gain_rolls_back_small_improvements(pipe):
         config=config,
     )
     assert trace.rounds[0]["accepted"] is False and trace.best == 0
+
+
+@pytest.mark.parametrize("critic", ["detection", "clip"])
+def test_a_clip_critic_shares_the_loop_detectors_clip(critic, monkeypatch):
+    """One world CLIP per corrector: the loop's clip-proposals detector lends its model to a
+    detection critic (which still keeps weak detections, to grade its findings) or a CLIP critic."""
+    import selfcorrect.vision.clip as clip_module
+    from selfcorrect.diffusion.runner import Corrector
+
+    loads = []
+    real = clip_module.load_world_clip
+    monkeypatch.setattr(clip_module, "load_world_clip", lambda *a, **k: loads.append(a) or real(*a, **k))
+    corrector = Corrector.build(None, critic=critic, detector="clip-proposals")
+    assert len(loads) == 1
+    if critic == "detection":
+        judge = corrector.critic.detector
+        assert judge is not corrector.detector and judge.model is corrector.detector.model
+        assert judge.min_probability < corrector.detector.min_probability
+    else:
+        assert corrector.critic.model is corrector.detector.model
