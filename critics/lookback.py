@@ -33,6 +33,14 @@ text, else the outermost ``{...}``; keys lowercased; ``"yes"`` / ``"correct"`` /
 ``correctness`` or ``explanation``, no ``answer_correctness``) gives an **unparsed**
 :class:`~.verdicts.StepVerdict` with no judgement at all, never "all correct".
 
+**Log-prob mode** (``mode="logprob"``; VISCO generates): the synthesis (and the plain critique)
+is read instead of written. For each step the verdict JSON is given up to that step's
+``"correctness": `` (the earlier steps judged correct, as in the trained format), and the VLM
+scores ``true`` against ``false`` there; one more slot does ``"answer_correctness": ``. One
+:meth:`~selfcorrect.vision.vlm.VLM.score` call, no decoding; the verdict carries every step's
+P(correct) (``step_probabilities``), and a step is incorrect when it is below ``threshold``.
+Explanations are empty in this mode.
+
 **Correction** (:meth:`LookBackCritic.correct`) is VISCO's correction prompt in setting ASE (each
 step followed by ``- Critique: correct.`` or ``incorrect. Explanation: ...``), asking for SOLVE's
 format. It is for general VLMs: the world VLM was not trained on it, and when a reply has no
@@ -64,6 +72,7 @@ DEFAULT_ANSWER_TOKENS = 32
 DEFAULT_MAX_QUESTIONS = 4
 SETTINGS = ("A", "AS", "ASE")  # VISCO's correction settings: answer / + step labels / + explanations
 CORRECTIONS = ("critique", "solve")
+MODES = ("generate", "logprob")  # how the critique is made: decoded and parsed, or scored
 
 _STEP = re.compile(r"^\s*\**\s*step\s*(\d+)\s*\**\s*[:.)\-]\s*\**\s*(.*)$", re.IGNORECASE)
 _ANSWER = re.compile(r"^\s*\**\s*(?:final\s+)?answer\s*\**\s*[:\-]\s*\**\s*(.*?)\s*\**\s*$", re.IGNORECASE)
@@ -295,6 +304,19 @@ def parse_step_verdict(text: str, n_steps: int, critic: str = "") -> StepVerdict
     return StepVerdict(steps, explanations, answer_correct, raw=text, critic=critic)
 
 
+def verdict_slots(n_steps: int) -> list[str]:
+    """The verdict JSON up to each judgement, for log-prob mode: ``n_steps + 1`` texts.
+
+    Text ``k`` (0-based) ends at step ``k + 1``'s ``"correctness": `` with the steps before it
+    judged correct; the last ends at ``"answer_correctness": `` with every step judged correct.
+    Each followed by ``true`` or ``false`` is a prefix of the JSON :func:`json.dumps` writes for
+    such a verdict (the world VLM's training format).
+    """
+    correct = [f'"step_{i + 1}": {{"correctness": true, "explanation": ""}}, ' for i in range(n_steps)]
+    slots = ["{" + "".join(correct[:k]) + f'"step_{k + 1}": {{"correctness": ' for k in range(n_steps)]
+    return [*slots, "{" + "".join(correct) + '"answer_correctness": ']
+
+
 # ------------------------------------------------------------------------------------ critic
 
 
@@ -321,7 +343,11 @@ class LookBackCritic:
             the reply has no answer) or ``"solve"`` (a fresh SOLVE straight away).
         setting: VISCO's correction setting: ``"A"`` (answer label), ``"AS"`` (+ step labels) or
             ``"ASE"`` (+ explanations).
-        batch_size: conversations per ``generate`` call.
+        batch_size: conversations per ``generate`` (or ``score``) call.
+        mode: ``"generate"`` (VISCO: decode the critique JSON and parse it) or ``"logprob"``
+            (score ``true`` / ``false`` at each judgement; see the module docstring).
+        threshold: in log-prob mode, the P(correct) below which a step or the answer is judged
+            incorrect.
     """
 
     kinds = frozenset({"steps"})
@@ -339,7 +365,13 @@ class LookBackCritic:
         correction: str = "critique",
         setting: str = "ASE",
         batch_size: int = 8,
+        mode: str = "generate",
+        threshold: float = 0.5,
     ):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
         if max_new_tokens < 1 or answer_tokens < 1 or max_questions < 0:
             raise ValueError("max_new_tokens and answer_tokens must be at least 1, max_questions at least 0")
         if correction not in CORRECTIONS:
@@ -357,15 +389,38 @@ class LookBackCritic:
         self.correction = correction
         self.setting = setting
         self.batch_size = batch_size
+        self.mode = mode
+        self.threshold = threshold
 
     def __repr__(self) -> str:
-        return f"LookBackCritic({self.vlm!r}, with_reference={self.with_reference})"
+        return f"LookBackCritic({self.vlm!r}, mode={self.mode!r}, with_reference={self.with_reference})"
 
     def _chat(self, image, prompts: list[str], max_new_tokens: int) -> list[str]:
         texts = self.vlm.chat(
             [image] * len(prompts), prompts, max_new_tokens=max_new_tokens, batch_size=self.batch_size
         )
         return [t if isinstance(t, str) else "" for t in texts]
+
+    def _judge(self, image, prompt: str, n_steps: int, critic: str) -> StepVerdict:
+        """The critique prompt's verdict: generated and parsed, or in log-prob mode scored."""
+        if self.mode == "generate":
+            [text] = self._chat(image, [prompt], self.max_new_tokens)
+            return parse_step_verdict(text, n_steps, critic=critic)
+        slots = verdict_slots(n_steps)
+        logprobs = self.vlm.score(  # (n_steps + 1, 2): log p of "true", "false" at each slot
+            [image] * len(slots),
+            [prompt] * len(slots),
+            [[slot + "true", slot + "false"] for slot in slots],
+            batch_size=self.batch_size,
+        )
+        p_correct = logprobs.float().softmax(dim=-1)[:, 0].tolist()
+        return StepVerdict(
+            [p >= self.threshold for p in p_correct[:-1]],
+            [""] * n_steps,
+            p_correct[-1] >= self.threshold,
+            step_probabilities=p_correct[:-1],
+            critic=critic,
+        )
 
     # ----------------------------------------------------------------------------- the steps
 
@@ -425,8 +480,7 @@ class LookBackCritic:
         prompt = P.CRITIQUE.format(
             question=question, steps=_chain_text(chain), answer=answer, evidence=evidence
         )
-        [text] = self._chat(image, [prompt], self.max_new_tokens)  # 1 call
-        verdict = parse_step_verdict(text, len(chain), critic=self.name)
+        verdict = self._judge(image, prompt, len(chain), self.name)  # 1 call
         return LookBackTrace(verdict, reference, questions, answers, prompt)
 
     def critique_steps(
@@ -438,13 +492,12 @@ class LookBackCritic:
     def critique_plain(
         self, image, question: str, steps: str | Sequence[str], answer: str | None = None
     ) -> StepVerdict:
-        """The one-shot critique without LookBack's evidence (VISCO's baseline): one chat call."""
+        """The one-shot critique without LookBack's evidence (VISCO's baseline): one call."""
         chain, answer = as_chain(steps, answer)
         prompt = P.CRITIQUE.format(
             question=_one_line(question), steps=_chain_text(chain), answer=answer, evidence=""
         )
-        [text] = self._chat(_image(image), [prompt], self.max_new_tokens)
-        return parse_step_verdict(text, len(chain), critic=f"{self.name}:plain")
+        return self._judge(_image(image), prompt, len(chain), f"{self.name}:plain")
 
     # ---------------------------------------------------------------------------- correction
 

@@ -658,9 +658,13 @@ def cmd_eval_critics(args) -> int:
         critics["detection"] = CRITICS["detection"](
             detector=args.detector, device=args.device, detector_options=options
         )
-    step_critic = None
+    step_critic = step_logprob = None
     if "lookback" in wanted:
         step_critic = CRITICS["lookback"](vlm=vlm, batch_size=args.batch_size, **generating)
+        # and read instead of written (its verdicts never use the solve step's reference)
+        step_logprob = CRITICS["lookback"](
+            vlm=vlm, mode="logprob", solve_first=False, batch_size=args.batch_size, **generating
+        )
     tldr, tldr_note = None, "not asked for (--critics)"
     if "tldr" in wanted:
         tldr, tldr_note = load_tldr(args.device)
@@ -675,6 +679,7 @@ def cmd_eval_critics(args) -> int:
         critics=critics,
         compare=(LOGPROB,),
         step_critic=step_critic,
+        step_logprob=step_logprob,
         tldr=tldr,
         tldr_note=tldr_note,
         generate_fn=generate_fn,

@@ -219,6 +219,23 @@ class TruthStepCritic:
         return StepVerdict([True] * len(steps), [""] * len(steps), True)
 
 
+class ProbabilityStepCritic:
+    """Log-prob mode: LookBack gives wrong steps P(correct) 0.2 and right ones 0.8; the plain
+    critique 0.5 everywhere."""
+
+    def __init__(self, chains):
+        self.truth = {tuple(c.steps): c for c in chains}
+
+    def critique_steps(self, image, question, steps, answer):
+        p = [0.2 if w else 0.8 for w in self.truth[tuple(steps)].wrong_steps]
+        return StepVerdict([x >= 0.5 for x in p], [""] * len(steps), True, step_probabilities=p)
+
+    def critique_plain(self, image, question, steps, answer):
+        return StepVerdict(
+            [True] * len(steps), [""] * len(steps), True, step_probabilities=[0.5] * len(steps)
+        )
+
+
 class TableTldr:
     """Word tokens; the words of each caption's edit get reward 0.1, the others 0.9."""
 
@@ -255,6 +272,7 @@ def faked():
         critics={"oracle": OracleCritic(), "constant": ConstantCritic(bad=prompts[2].prompt)},
         compare=("oracle", "missing"),
         step_critic=TruthStepCritic(chains),
+        step_logprob=ProbabilityStepCritic(chains),
         tldr=TableTldr(captions),
         generate_fn=_generate,
         seeds=2,
@@ -302,6 +320,12 @@ def test_run_lookback_vs_plain_and_tldr(faked):
     assert steps["lookback"]["unparsed"] == 1 and steps["lookback"]["steps"]["fn"] == missed
     assert steps["lookback"]["steps"]["precision"] == 1.0 and steps["plain"]["steps"]["f1"] == 0.0
     assert math.isclose(steps["f1_gain"], steps["lookback"]["steps"]["f1"])
+    # log-prob mode: the threshold-free step AUROC of 1 - P(correct); none without probabilities
+    assert steps["lookback"]["step_auroc"] is None and steps["plain"]["step_auroc"] is None
+    assert steps["lookback:logprob"]["step_auroc"] == 1.0 and steps["plain:logprob"]["step_auroc"] == 0.5
+    assert steps["auroc_gain"] == 0.5 and steps["lookback:logprob"]["steps"]["f1"] == 1.0
+    logged = result["records"]["chains"][1]["lookback:logprob"]["step_probabilities"]
+    assert logged == [0.2 if w else 0.8 for w in chains[1].wrong_steps]
     tldr = result["tldr"]
     assert tldr["available"] and tldr["token_auroc"] == 1.0 and tldr["response_accuracy"] == 1.0
     assert tldr["bad_tokens"] > 0 and tldr["unaligned"] == 0
@@ -319,6 +343,8 @@ def test_report_is_json_ready_and_shows_targets(faked):
         "**Pairwise**",
         "≥ 0.85",
         "LookBack step F1",
+        "| lookback:logprob | 1.00 | 1.00 | 1.00 | 1.00 |",
+        "LookBack step AUROC − plain step AUROC = +0.50",
     ):
         assert text in md
     assert "needs both LLaVA-Critic modes" not in md and "token AUROC ≥ 0.9" in md
@@ -432,6 +458,17 @@ def test_cli_end_to_end_with_a_tiny_llava(tmp_path, capsys, tiny_clip, one_threa
         and result["llava_modes"]["generate_unparsed"] == generate["unparsed"]
     )
     assert result["steps"]["chains"] == 2 and 0.0 <= result["steps"]["lookback"]["steps"]["f1"] <= 1.0
+    for record in result["records"]["chains"]:  # judged with probabilities, or a counted failure
+        for name in ("lookback:logprob", "plain:logprob"):
+            judged = record[name]
+            assert judged is None or len(judged["step_probabilities"]) == len(record["steps"])
+    for name in ("lookback:logprob", "plain:logprob"):
+        failed = [f for f in result["failures"] if f["stage"] == name]
+        assert (
+            result["steps"][name]["failed"]
+            == len(failed)
+            == sum(r[name] is None for r in result["records"]["chains"])
+        )
     assert (
         result["tldr"]["available"] in (True, False)
         and ("reason" in result["tldr"]) != result["tldr"]["available"]

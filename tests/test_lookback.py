@@ -7,8 +7,10 @@ plumbing: its garbage output must give an unparsed verdict, not a crash.
 """
 
 import json
+import math
 
 import pytest
+import torch
 from PIL import Image
 
 from selfcorrect.critics import CRITICS, StepCritic
@@ -19,6 +21,7 @@ from selfcorrect.critics.lookback import (
     parse_queries,
     parse_solution,
     parse_step_verdict,
+    verdict_slots,
 )
 from selfcorrect.critics.verdicts import StepVerdict
 
@@ -346,6 +349,60 @@ def test_registry_builds_lookback_with_an_injected_vlm():
         LookBackCritic(vlm, correction="guess")
 
 
+# ------------------------------------------------------------------------------ log-prob mode
+
+
+class ScoringVLM(ScriptedVLM):
+    """A :class:`ScriptedVLM` whose ``score`` gives each slot the P(true) of ``p_true`` in turn."""
+
+    def __init__(self, p_true, **options):
+        super().__init__(**options)
+        self.p_true, self.scored = p_true, []
+
+    def score(self, images, prompts, continuations, *, batch_size=16):
+        self.scored.append({"images": images, "prompts": list(prompts), "continuations": continuations})
+        assert len(images) == len(prompts) == len(continuations) == len(self.p_true)
+        return torch.tensor([[math.log(p), math.log(1 - p)] for p in self.p_true])
+
+
+def test_verdict_slots_are_prefixes_of_the_trained_json():
+    for n in (1, 3):
+        slots = verdict_slots(n)
+        assert len(slots) == n + 1
+        for k in range(n):  # step k judged wrong after correct ones, as with_errors writes it
+            verdict = {f"step_{i + 1}": {"correctness": i != k, "explanation": ""} for i in range(n)}
+            assert json.dumps({**verdict, "answer_correctness": True}).startswith(slots[k] + "false")
+        clean = {f"step_{i + 1}": {"correctness": True, "explanation": ""} for i in range(n)}
+        for slot in slots:
+            assert json.dumps({**clean, "answer_correctness": True}).startswith(slot + "true")
+
+
+def test_logprob_mode_scores_every_judgement_in_one_call():
+    vlm = ScoringVLM([0.9, 0.2, 0.7], replies=_scripted().replies)
+    critic = LookBackCritic(vlm, mode="logprob", threshold=0.5)
+    trace = critic.lookback(IMAGE, QUESTION, STEPS, ANSWER)
+    assert len(vlm.calls) == 3 and len(vlm.scored) == 1  # solve, queries, verify; then one score
+    [scored] = vlm.scored
+    assert scored["prompts"] == [trace.prompt] * 3 and all(
+        im is scored["images"][0] for im in scored["images"]
+    )
+    assert [c[0] for c in scored["continuations"]] == [s + "true" for s in verdict_slots(2)]
+    v = trace.verdict
+    assert v.steps == [True, False] and v.answer_correct is True and v.first_error == 1
+    assert v.step_probabilities == pytest.approx([0.9, 0.2]) and not v.unparsed and v.critic == "lookback"
+    plain = LookBackCritic(ScoringVLM([0.3, 0.6, 0.4]), mode="logprob", threshold=0.5)
+    v = plain.critique_plain(IMAGE, QUESTION, STEPS, ANSWER)
+    assert v.steps == [False, True] and v.answer_correct is False and v.critic == "lookback:plain"
+    assert plain.vlm.calls == [] and plain.vlm.scored[0]["prompts"] == [_critique_prompt()] * 3
+    # the threshold decides
+    strict = LookBackCritic(ScoringVLM([0.9, 0.2, 0.7]), mode="logprob", threshold=0.95)
+    assert strict.critique_plain(IMAGE, QUESTION, STEPS, ANSWER).steps == [False, False]
+    with pytest.raises(ValueError):
+        LookBackCritic(vlm, mode="guess")
+    with pytest.raises(ValueError):
+        LookBackCritic(vlm, mode="logprob", threshold=1.5)
+
+
 # ------------------------------------------------------------------ tiny LLaVA: plumbing only
 
 
@@ -364,3 +421,19 @@ def test_tiny_llava_gives_an_unparsed_verdict_not_a_crash(tmp_path):
     assert [len(a) for a in trace.answers] == [len(q) for q in trace.questions]
     assert critic.critique_plain(IMAGE, "How many?", "Step 1: A red circle.\nStep 2: So 1.", ANSWER).unparsed
     assert not critic.correct(IMAGE, "How many?", ["A red circle.", "So 1."], ANSWER, trace.verdict).asked
+
+
+def test_tiny_llava_logprob_mode_gives_probabilities(tmp_path):
+    from selfcorrect.vision.testing import build_tiny_vlm
+    from selfcorrect.vision.vlm import VLM
+
+    vlm = VLM.from_pretrained(build_tiny_vlm("llava", tmp_path / "llava"))
+    # one short step and no visual questions keep the scored JSON inside its 512-token context
+    critic = LookBackCritic(vlm, mode="logprob", max_new_tokens=6, max_questions=0)
+    for v in (
+        critic.critique_steps(IMAGE, "How many?", ["So 1."], ANSWER),
+        critic.critique_plain(IMAGE, "How many?", ["So 1."], ANSWER),
+    ):
+        assert not v.unparsed and len(v.step_probabilities) == 1
+        assert all(0.0 <= p <= 1.0 for p in v.step_probabilities)
+        assert v.steps == [p >= 0.5 for p in v.step_probabilities] and v.answer_correct in (True, False)

@@ -26,7 +26,9 @@ training (the ``test`` split by default). What is measured:
    :meth:`LookBackCritic.critique_steps <selfcorrect.critics.lookback.LookBackCritic.critique_steps>`
    and by its one-shot baseline :meth:`critique_plain`. A step counts as flagged only when the
    critic said it is incorrect: an unparsed verdict or a failed call flags nothing (and is
-   counted), the same rule for both. The final answer gets the same three numbers.
+   counted), the same rule for both. The final answer gets the same three numbers. Given a
+   second critic in log-prob mode (``LookBackCritic(mode="logprob")``), its two methods are
+   measured too, with the threshold-free **step AUROC** of P(incorrect) = 1 - P(correct).
 4. **Throughput** (images per second, on the machine that runs it, warm-up excluded) of every
    critic and mode, pairs per second of ``compare``, chains per second of LookBack and plain; and
    for LLaVA-Critic the **log-prob vs generate-and-parse** ratio with the agreement of the two
@@ -715,19 +717,31 @@ def _image_records(images: Sequence[JudgedImage], verdicts: dict) -> list[dict]:
     ]
 
 
-def evaluate_steps(step_critic, chains: Sequence[Chain], *, progress: bool = True) -> tuple[dict, list, list]:
+def evaluate_steps(
+    step_critic, chains: Sequence[Chain], *, logprob_critic=None, progress: bool = True
+) -> tuple[dict, list, list]:
     """LookBack (``critique_steps``) and the plain one-shot critique (``critique_plain``) on every
     chain; VISCO's F1 on incorrect steps and answers.
 
+    Args:
+        step_critic: the critic whose methods are ``lookback`` and ``plain``.
+        logprob_critic: optionally a second one (log-prob mode) measured as ``lookback:logprob``
+            and ``plain:logprob``.
+
     Returns:
         ``(summary, records, failures)``: ``summary`` has ``chains``, ``steps``, ``wrong_steps``,
-        ``wrong_answers``, per method (``lookback``, ``plain``) ``steps`` and ``answer`` (see
-        :func:`precision_recall_f1`), ``unparsed``, ``failed``, ``seconds``,
-        ``chains_per_second``; and ``f1_gain`` (LookBack step F1 minus plain step F1).
+        ``wrong_answers``, per method ``steps`` and ``answer`` (see :func:`precision_recall_f1`),
+        ``step_auroc`` (of 1 - P(correct), over the chains with probabilities; None without),
+        ``unparsed``, ``failed``, ``seconds``, ``chains_per_second``; ``f1_gain`` (LookBack step
+        F1 minus plain step F1) and, with ``logprob_critic``, ``auroc_gain`` (the same for the
+        log-prob methods' step AUROC).
     """
     from tqdm.auto import tqdm
 
     methods = {"lookback": step_critic.critique_steps, "plain": step_critic.critique_plain}
+    if logprob_critic is not None:
+        methods["lookback:logprob"] = logprob_critic.critique_steps
+        methods["plain:logprob"] = logprob_critic.critique_plain
     records = [
         {
             "index": c.index,
@@ -750,6 +764,7 @@ def evaluate_steps(step_critic, chains: Sequence[Chain], *, progress: bool = Tru
         if chains:
             _warm_up(fn, chains[0].image, chains[0].question, chains[0].steps, chains[0].answer)
         flagged_steps, flagged_answers, unparsed, failed = [], [], 0, 0
+        wrong, p_wrong = [], []  # the steps of chains with probabilities
         started = time.perf_counter()
         for c, record in zip(tqdm(chains, desc=name, disable=not progress), records):
             try:
@@ -766,18 +781,26 @@ def evaluate_steps(step_critic, chains: Sequence[Chain], *, progress: bool = Tru
                 steps = [ok is False for ok in verdict.steps]
                 answer = verdict.answer_correct is False
                 record[name] = {"steps": verdict.steps, "answer_correct": verdict.answer_correct}
+                if verdict.step_probabilities is not None:
+                    record[name]["step_probabilities"] = verdict.step_probabilities
+                    wrong += c.wrong_steps
+                    p_wrong += [1.0 - p for p in verdict.step_probabilities]
             flagged_steps += steps
             flagged_answers.append(answer)
         seconds = time.perf_counter() - started
         summary[name] = {
             "steps": precision_recall_f1([w for c in chains for w in c.wrong_steps], flagged_steps),
             "answer": precision_recall_f1([c.wrong_answer for c in chains], flagged_answers),
+            "step_auroc": auroc(wrong, p_wrong) if p_wrong else None,
             "unparsed": unparsed,
             "failed": failed,
             "seconds": round(seconds, 3),
             "chains_per_second": _rate(len(chains), seconds),
         }
     summary["f1_gain"] = summary["lookback"]["steps"]["f1"] - summary["plain"]["steps"]["f1"]
+    if logprob_critic is not None:
+        both = [summary[f"{m}:logprob"]["step_auroc"] for m in ("lookback", "plain")]
+        summary["auroc_gain"] = None if None in both else both[0] - both[1]
     return summary, records, failures
 
 
@@ -939,6 +962,12 @@ def evaluate_tldr(critic, captions: Sequence[Caption], prompt: str | None = None
 # The whole evaluation
 
 
+def _step_methods(steps: dict) -> list[str]:
+    """The LookBack / plain methods an :func:`evaluate_steps` summary has, in report order."""
+    names = ("lookback", "plain", "lookback:logprob", "plain:logprob")
+    return [name for name in names if name in steps]
+
+
 def run(
     split: str = "test",
     limit: int = 50,
@@ -946,6 +975,7 @@ def run(
     critics: dict | None = None,
     compare: Sequence[str] = (LOGPROB,),
     step_critic=None,
+    step_logprob=None,
     tldr=None,
     tldr_note: str | None = None,
     generate_fn: GenerateFn | None = None,
@@ -965,6 +995,7 @@ def run(
             two LLaVA-Critic names are compared as modes when both are present.
         compare: names in ``critics`` whose ``compare`` is also measured on the pairs.
         step_critic: a LookBack critic (``critique_steps`` and ``critique_plain``), or None.
+        step_logprob: optionally the same critic in log-prob mode (see :func:`evaluate_steps`).
         tldr: a token critic (``reward_tokens``), or None; ``tldr_note`` says why there is none.
         generate_fn: ``(prompts, seeds) -> images`` of a text-to-image model; None leaves the
             ``generated`` source out.
@@ -1035,7 +1066,10 @@ def run(
     chain_records: list = []
     if step_critic is not None and chains > 0:
         summary, chain_records, failed = evaluate_steps(
-            step_critic, reasoning_chains(split, chains, canvas), progress=progress
+            step_critic,
+            reasoning_chains(split, chains, canvas),
+            logprob_critic=step_logprob,
+            progress=progress,
         )
         result["steps"] = summary
         failures += failed
@@ -1172,19 +1206,24 @@ def markdown_report(result: dict) -> str:
         lines += [
             f"{steps['chains']} chains, {steps['steps']} steps, {steps['wrong_steps']} wrong steps, "
             f"{steps['wrong_answers']} wrong answers.\n",
-            "| method | step precision | step recall | step F1 | answer F1 | unparsed | failed | chains/s |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            "| method | step precision | step recall | step F1 | step AUROC | answer F1 | unparsed | failed | chains/s |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        for name in ("lookback", "plain"):
+        for name in _step_methods(steps):
             m = steps[name]
             lines.append(
                 f"| {name} | {_fmt(m['steps']['precision'])} | {_fmt(m['steps']['recall'])} | "
-                f"{_fmt(m['steps']['f1'])} | {_fmt(m['answer']['f1'])} | {m['unparsed']} | {m['failed']} | "
-                f"{_fmt(m['chains_per_second'])} |"
+                f"{_fmt(m['steps']['f1'])} | {_fmt(m.get('step_auroc'))} | {_fmt(m['answer']['f1'])} | "
+                f"{m['unparsed']} | {m['failed']} | {_fmt(m['chains_per_second'])} |"
             )
         lines.append(
             f"\nLookBack step F1 − plain step F1 = {steps['f1_gain']:+.2f}{_mark('lookback_f1_gain', steps['f1_gain'])}"
         )
+        if steps.get("auroc_gain") is not None:
+            lines.append(
+                f"\nIn log-prob mode (P(correct) at each step's `correctness`): LookBack step AUROC − "
+                f"plain step AUROC = {steps['auroc_gain']:+.2f}"
+            )
 
     lines += [
         "",
@@ -1198,7 +1237,7 @@ def markdown_report(result: dict) -> str:
         if "pairs_per_second" in p:
             lines.append(f"| {_escape(name)} | pairs | {_fmt(p['pairs_per_second'])} |")
     if "skipped" not in steps:
-        for name in ("lookback", "plain"):
+        for name in _step_methods(steps):
             lines.append(f"| {name} | chains | {_fmt(steps[name]['chains_per_second'])} |")
     modes = result["llava_modes"]
     if "skipped" not in modes:
