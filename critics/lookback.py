@@ -15,9 +15,10 @@ rarely check what the steps claim to *see*. LookBack revisits the image first (V
    "Visual information" bullets ``* q - a`` (:data:`~.prompts.EVIDENCE`), and returns VISCO's JSON
    ``{"step_1": {"correctness": true, "explanation": ""}, ..., "answer_correctness": true}``.
 
-So a chain costs four chat calls whatever its length (VISCO sends ``2 + n_steps + sum(q)`` single
-requests); each call shows the same image, which the backend encodes once per call. There is no
-limit on the number of steps (VISCO's ordinal map stopped at five).
+So a chain costs four calls (chat, or in log-prob mode three and one scoring call) whatever its
+length (VISCO sends ``2 + n_steps + sum(q)`` single requests); each call shows the same image,
+which the backend encodes once per call. There is no limit on the number of steps (VISCO's
+ordinal map stopped at five).
 
 **The reference answer.** VISCO puts the solve step's answer into the synthesis prompt, flagged
 "MAY OR MAY NOT be correct". The prompts here are the ones the world VLM was trained on, and its
