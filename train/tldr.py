@@ -122,9 +122,10 @@ PROFILES: dict[str, TldrConfig] = {
         blind_pairs=4,
         blind_test_pairs=2,
     ),
-    # Minutes on 2 CPU cores with the world VLM.
-    "cpu": TldrConfig(),
-    # One GPU: ten times the data, an MLP head.
+    # Minutes on 2 CPU cores with the world VLM. An MLP head: held-out token AUROC 0.871 vs
+    # 0.821 for TLDR's linear head on the same cached features (world VLM of run 7).
+    "cpu": TldrConfig(mlp=256),
+    # One GPU: ten times the data.
     "gpu": TldrConfig(
         train_pairs=40000,
         val_pairs=2000,
