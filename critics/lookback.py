@@ -402,8 +402,9 @@ class LookBackCritic:
         )
         return [t if isinstance(t, str) else "" for t in texts]
 
-    def _judge(self, image, prompt: str, n_steps: int, critic: str) -> StepVerdict:
-        """The critique prompt's verdict: generated and parsed, or in log-prob mode scored."""
+    def judge(self, image, prompt: str, n_steps: int, critic: str = "lookback") -> StepVerdict:
+        """The verdict on a filled-in critique prompt (:data:`~.prompts.CRITIQUE`, with any
+        evidence) of a chain of ``n_steps`` steps: generated and parsed, or in log-prob mode scored."""
         if self.mode == "generate":
             [text] = self._chat(image, [prompt], self.max_new_tokens)
             return parse_step_verdict(text, n_steps, critic=critic)
@@ -481,7 +482,7 @@ class LookBackCritic:
         prompt = P.CRITIQUE.format(
             question=question, steps=_chain_text(chain), answer=answer, evidence=evidence
         )
-        verdict = self._judge(image, prompt, len(chain), self.name)  # 1 call
+        verdict = self.judge(image, prompt, len(chain), self.name)  # 1 call
         return LookBackTrace(verdict, reference, questions, answers, prompt)
 
     def critique_steps(
@@ -498,7 +499,7 @@ class LookBackCritic:
         prompt = P.CRITIQUE.format(
             question=_one_line(question), steps=_chain_text(chain), answer=answer, evidence=""
         )
-        return self._judge(_image(image), prompt, len(chain), f"{self.name}:plain")
+        return self.judge(_image(image), prompt, len(chain), f"{self.name}:plain")
 
     # ---------------------------------------------------------------------------- correction
 

@@ -123,7 +123,8 @@ PROFILES: dict[str, TldrConfig] = {
         blind_test_pairs=2,
     ),
     # Minutes on 2 CPU cores with the world VLM. An MLP head: held-out token AUROC 0.871 vs
-    # 0.821 for TLDR's linear head on the same cached features (world VLM of run 7).
+    # 0.821 for TLDR's linear head on the same cached features (world VLM of run 7;
+    # benchmarks/results/tldr_head_linear_vs_mlp.md).
     "cpu": TldrConfig(mlp=256),
     # One GPU: ten times the data.
     "gpu": TldrConfig(
