@@ -351,33 +351,21 @@ def test_report_is_json_ready_and_shows_targets(faked):
     assert "\\|log-prob score - generate score\\|" in md  # a | inside a cell is escaped
 
 
-def test_tldr_hook_reports_why_it_is_missing(monkeypatch):
+def test_load_tldr_reports_why_it_is_missing(monkeypatch):
     from types import SimpleNamespace
 
     from selfcorrect.critics import CRITICS
     from selfcorrect.vision.vlm import ModelNotFoundError
 
-    def no_module(name):
-        raise ImportError(f"No module named {name!r}")
-
-    monkeypatch.setattr(ce.importlib, "import_module", no_module)
-    critic, reason = ce.load_tldr()
-    assert critic is None and "not importable" in reason
-    monkeypatch.delitem(CRITICS, "tldr", raising=False)
-    monkeypatch.setattr(ce.importlib, "import_module", lambda name: SimpleNamespace())
-    assert "no 'tldr' builder" in ce.load_tldr()[1]
-
     def no_weights(**options):
         raise ModelNotFoundError("no TLDR head at selfcorrect/weights/tldr-head")
 
-    # the module's own loader when the registry has no builder, the registry's when it has one
-    module = SimpleNamespace(TldrCritic=SimpleNamespace(from_pretrained=no_weights))
-    monkeypatch.setattr(ce.importlib, "import_module", lambda name: module)
+    monkeypatch.setitem(CRITICS, "tldr", no_weights)
     critic, reason = ce.load_tldr()
     assert critic is None and "cannot be built" in reason and "no TLDR head" in reason
-    monkeypatch.setitem(CRITICS, "tldr", lambda **options: SimpleNamespace(reward_tokens=print))
-    critic, reason = ce.load_tldr()
-    assert reason is None and critic.reward_tokens is print
+    built = SimpleNamespace(reward_tokens=print)
+    monkeypatch.setitem(CRITICS, "tldr", lambda **options: built)
+    assert ce.load_tldr() == (built, None)
     result = ce.run("test", 1, seeds=0, chains=0, tldr_note="no head", progress=False)
     assert result["tldr"] == {"available": False, "reason": "no head"}
     assert result["steps"] == {"skipped": "no step critic given"}

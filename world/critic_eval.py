@@ -33,7 +33,7 @@ training (the ``test`` split by default). What is measured:
    critic and mode, pairs per second of ``compare``, chains per second of LookBack and plain; and
    for LLaVA-Critic the **log-prob vs generate-and-parse** ratio with the agreement of the two
    modes' verdicts (mean absolute score difference, share of equal pass/fail).
-5. **TLDR** (token-level rewards; a hook, see :func:`load_tldr`): token AUROC (a token is
+5. **TLDR** (token-level rewards, :func:`load_tldr`): token AUROC (a token is
    positive when it is part of the one edit that made a true caption false) and response
    accuracy on true captions and hard negatives of test scenes; recorded as not available, with
    the reason, when there is no TLDR critic or no weights for it.
@@ -64,7 +64,6 @@ Example::
 from __future__ import annotations
 
 import difflib
-import importlib
 import math
 import platform
 import random
@@ -805,49 +804,20 @@ def evaluate_steps(
 
 
 # ---------------------------------------------------------------------------------------------
-# TLDR: HOOK for critics/tldr.py (TldrCritic.reward_tokens), being written separately. Used only
-# when load_tldr finds it with weights; otherwise the result says "not available" and why.
-
-TLDR_MODULE = "selfcorrect.critics.tldr"
+# TLDR
 
 
 def load_tldr(device: str = "cpu") -> tuple[object | None, str | None]:
-    """The TLDR critic if it exists and has weights: ``(critic, None)``, else ``(None, reason)``.
-
-    HOOK for the TLDR critic of ``critics/tldr.py``: it is used when ``selfcorrect.critics.tldr``
-    imports, a critic can be built (``CRITICS["tldr"](device=...)`` when the registry has it,
-    else ``TldrCritic.from_pretrained(device=...)``, which loads the shipped head and its
-    backbone), and it has ``reward_tokens(image, prompt, response) -> TokenVerdict``. Anything
-    short of that (no module, no builder, no shipped weights) is recorded as not available, with
-    the reason; no number is made up.
-    """
+    """The registry's TLDR critic (the shipped head on its backbone): ``(critic, None)``, or
+    ``(None, reason)`` when it cannot be built (no head, unreadable weights), so that the
+    evaluation records TLDR as not available, with the reason, instead of failing."""
+    from selfcorrect.critics import CRITICS
     from selfcorrect.errors import SelfcorrectError
 
     try:
-        module = importlib.import_module(TLDR_MODULE)
-    except ImportError as e:
-        return None, f"{TLDR_MODULE} is not importable ({e})"
-    from selfcorrect.critics import CRITICS
-
-    build = CRITICS.get("tldr")
-    if build is None:
-        loader = getattr(getattr(module, "TldrCritic", None), "from_pretrained", None)
-        if loader is None:
-            return None, (
-                f"{TLDR_MODULE} imports, but has no TldrCritic.from_pretrained and no 'tldr' "
-                "builder is registered in selfcorrect.critics.CRITICS"
-            )
-
-        def build(device: str):
-            return loader(device=device)
-
-    try:
-        critic = build(device=device)
-    except (SelfcorrectError, OSError) as e:  # no shipped weights, unreadable weights
+        return CRITICS["tldr"](device=device), None
+    except (SelfcorrectError, OSError) as e:
         return None, f"the TLDR critic cannot be built: {_error(e)}"
-    if not callable(getattr(critic, "reward_tokens", None)):
-        return None, "the TLDR critic has no reward_tokens method"
-    return critic, None
 
 
 @dataclass
