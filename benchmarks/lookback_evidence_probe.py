@@ -14,11 +14,12 @@ steps from right ones; if the evidence is read, the first beats the second.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import random
 import time
 from pathlib import Path
+
+from selfcorrect.io import write_json, write_text
 
 
 def probe(vlm, chains: int, seed: int = 1) -> dict:
@@ -88,9 +89,8 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"command": command, "rows": rows}, indent=2))
-        args.json.with_suffix(".md").write_text(text)
+        write_json(args.json, {"command": command, "rows": rows})
+        write_text(args.json.with_suffix(".md"), text)
 
 
 if __name__ == "__main__":
