@@ -10,11 +10,12 @@ the baseline builds the two apart, each loading its own (what it did before). Me
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
 from pathlib import Path
+
+from selfcorrect.io import write_report
 
 
 def main() -> None:
@@ -67,8 +68,7 @@ def main() -> None:
     )
     print(text)
     if args.json:
-        args.json.write_text(json.dumps({"command": command, "seconds": seconds}, indent=2))
-        args.json.with_suffix(".md").write_text(text)
+        write_report(args.json, {"command": command, "seconds": seconds}, text)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import random
 import time
 from pathlib import Path
 
-from selfcorrect.io import write_json, write_text
+from selfcorrect.io import write_report
 
 
 def probe(vlm, chains: int, seed: int = 1) -> dict:
@@ -89,8 +89,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.json:
-        write_json(args.json, {"command": command, "rows": rows})
-        write_text(args.json.with_suffix(".md"), text)
+        write_report(args.json, {"command": command, "rows": rows}, text)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import random
 import time
 from pathlib import Path
 
-from selfcorrect.io import write_json, write_text
+from selfcorrect.io import write_report
 
 
 def readout(tower, images: int, generated: Path | None, seed: int = 7) -> dict:
@@ -129,8 +129,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.json:
-        write_json(args.json, {"command": command, "rows": rows})
-        write_text(args.json.with_suffix(".md"), text)
+        write_report(args.json, {"command": command, "rows": rows}, text)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from selfcorrect.io import write_json, write_text
+from selfcorrect.io import write_report
 
 
 @dataclass
@@ -230,8 +230,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.json:
-        write_json(args.json, {"command": command, "rows": rows})
-        write_text(args.json.with_suffix(".md"), text)
+        write_report(args.json, {"command": command, "rows": rows}, text)
 
 
 if __name__ == "__main__":

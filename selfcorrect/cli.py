@@ -435,7 +435,7 @@ def _read_prompts(path: Path) -> list[str]:
 
 def cmd_eval_t2i(args) -> int:
     from selfcorrect.diffusion.generate import generate
-    from selfcorrect.io import write_json, write_text
+    from selfcorrect.io import write_report
     from selfcorrect.world.t2i_eval import evaluate_t2i, markdown_table
 
     if args.seeds < 1:
@@ -462,9 +462,8 @@ def cmd_eval_t2i(args) -> int:
     table = markdown_table(result)
     print(table)
     if args.json is not None:
-        write_json(args.json, result)
-        write_text(args.json.with_suffix(".md"), f"# World GenEval: {loaded.preset}\n\n{table}\n")
-        print(f"wrote {args.json} and {args.json.with_suffix('.md')}")
+        md = f"# World GenEval: {loaded.preset}\n\n{table}\n"
+        print(f"wrote {args.json} and {write_report(args.json, result, md)}")
     return 0
 
 
@@ -550,7 +549,7 @@ def _optional_clip(path, device: str):
 
 
 def cmd_eval_vlm(args) -> int:
-    from selfcorrect.io import write_json, write_text
+    from selfcorrect.io import write_report
     from selfcorrect.vision.vlm import VLM
     from selfcorrect.world.conversations import SPLIT_SEEDS
     from selfcorrect.world.vlm_eval import evaluate_vlm, markdown_table
@@ -597,9 +596,7 @@ def cmd_eval_vlm(args) -> int:
             f"{result['machine']['platform']}, {result['model']['device']}, {result['date']}, "
             f"{result['seconds']} s\n\n{table}"
         )
-        write_json(args.json, result)
-        write_text(args.json.with_suffix(".md"), md)
-        print(f"wrote {args.json} and {args.json.with_suffix('.md')}")
+        print(f"wrote {args.json} and {write_report(args.json, result, md)}")
     return 0
 
 
@@ -615,7 +612,7 @@ EVAL_CRITICS = (
 
 def cmd_eval_critics(args) -> int:
     from selfcorrect.critics import CRITICS
-    from selfcorrect.io import write_json, write_text
+    from selfcorrect.io import write_report
     from selfcorrect.vision.vlm import VLM
     from selfcorrect.world.critic_eval import GENERATE, LOGPROB, SPLITS, load_tldr, markdown_report, run
 
@@ -708,9 +705,7 @@ def cmd_eval_critics(args) -> int:
             f"(threads: {result['machine']['torch_threads']}), {args.device}, {result['date']}, "
             f"{result['seconds']} s\n{skipped}\n{table}"
         )
-        write_json(args.json, result)
-        write_text(args.json.with_suffix(".md"), md)
-        print(f"wrote {args.json} and {args.json.with_suffix('.md')}")
+        print(f"wrote {args.json} and {write_report(args.json, result, md)}")
     return 0
 
 

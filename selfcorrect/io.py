@@ -46,6 +46,14 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode())
 
 
+def write_report(path: str | os.PathLike, obj, markdown: str) -> Path:
+    """A result as JSON at ``path`` and as Markdown beside it (same name, ``.md``), both atomically;
+    returns the Markdown's path."""
+    path = Path(path)
+    write_json(path, obj)
+    return write_text(path.with_suffix(".md"), markdown)
+
+
 def save_image(image, path: str | os.PathLike) -> Path:
     """Atomically save a ``PIL.Image``; the format comes from the suffix (.png, .jpg, .webp, .bmp)."""
     import io
