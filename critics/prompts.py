@@ -111,4 +111,11 @@ CORRECT_CAPTION = (
 # The world VLM's own instructions (plain tasks).
 DESCRIBE = "Describe the image."
 GROUND = "Find every {phrase}. Answer with bounding boxes."
+# An experimental training task (``relate``, weight 0 by default): a relation question answered in
+# small steps: both objects' centres along the relation's axis (percent of the image side), the
+# relation they make, then Yes / No. Asked directly, the answer is an XOR of the relation word and
+# which object is further along, which the world VLM has not learnt. In 1200 steps the steps did
+# not learn either (the world VLM's model card); the critics judge relations from boxes instead.
+LOCATE_FIRST = "{question} Find both objects first."
+LOCATED = "From the {side}: the {a} at {pa}, the {b} at {pb}. The {a} is {relation} the {b}. {answer}."
 NO_BOXES = "None"

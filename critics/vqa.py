@@ -32,6 +32,14 @@ lowest of its questions' scores and which passes when all of them are at least 0
 **Outside the grammar.** A prompt the grammar rejects is scored with one VQAScore question
 (``Does this figure show "{text}"? ...``); the verdict says so (``details["fallback"]``).
 
+**Relations from boxes** (``relations="boxes"``): instead of asking a relation question, the
+critic asks the VLM to find both object groups (the grounding prompt below) and applies the
+world's rule (:func:`~selfcorrect.world.scene.relative_position`, GenEval's) to the boxes: the
+question's P(yes) is 1 when the relation holds for every (subject, reference) box pair, else 0
+(also when a group got no box); the boxes go in the question's ``details``. For a VLM that sees where objects are but cannot compose a relation in one
+answer (the world VLM: see its model card), as GenEval and the detection critic judge positions.
+It costs a short generation per object group instead of a scored question.
+
 **Localisation** (``ground=True``): for every object group of a failed requirement the critic
 asks the VLM to find it (``Find every red circle. Answer with bounding boxes.``, boxes in percent
 of the image side) and puts the box enclosing the answers on the finding.
@@ -50,8 +58,11 @@ from selfcorrect.critics.verdicts import Box, Finding, ImageVerdict
 from selfcorrect.errors import PromptError
 from selfcorrect.world.grammar import parse_prompt
 from selfcorrect.world.requirements import CountRequirement, ObjectQuery, Requirements
+from selfcorrect.world.scene import relative_position
 
 ANSWERS = (P.YES, P.NO)
+RELATION_MODES = ("ask", "boxes")
+GROUND_MAX_NEW_TOKENS = 96  # a few boxes "[12, 34, 56, 78]"
 PASS = 0.5  # an answer score at or above this counts as the expected answer
 
 
@@ -67,6 +78,8 @@ class Question:
             :meth:`Requirements.describe`.
         kind: ``entity``, ``attribute``, ``count``, ``absence``, ``relation`` or ``vqascore``.
         groups: the object groups (indices into ``Requirements.objects``) it is about.
+        relation: for a relation question, the relation (``"left of"``, ...) of ``groups[0]``
+            to ``groups[1]``.
     """
 
     text: str
@@ -75,6 +88,7 @@ class Question:
     requirement: int
     kind: str
     groups: tuple[int, ...] = ()
+    relation: str | None = None
 
 
 @dataclass
@@ -139,7 +153,11 @@ def decompose(prompt: str | Requirements) -> Decomposition:
             f"the {reference.query.phrase(reference.count > 1)}?"
         )
         parents = (exists[rel.subject], exists[rel.reference])
-        add(Question(text, True, parents, n_groups + r, "relation", (rel.subject, rel.reference)))
+        add(
+            Question(
+                text, True, parents, n_groups + r, "relation", (rel.subject, rel.reference), rel.relation
+            )
+        )
     return Decomposition(questions, requirements.describe(), [r.query for r in requirements.objects])
 
 
@@ -192,18 +210,31 @@ class VQACritic:
         threshold: the image passes when its score (the mean question score) is at least this;
             0.9 asks for nearly every question to be answered as expected, confidently.
         ground: ask the VLM for the boxes of the objects of failed requirements.
+        relations: ``"ask"`` the relation questions, or judge them from the VLM's ``"boxes"``
+            (see the module docstring).
         batch_size: prompts per forward pass.
     """
 
     kinds = frozenset({"image"})
     name = "vqa"
 
-    def __init__(self, vlm, *, threshold: float = 0.9, ground: bool = False, batch_size: int = 8):
+    def __init__(
+        self,
+        vlm,
+        *,
+        threshold: float = 0.9,
+        ground: bool = False,
+        relations: str = "ask",
+        batch_size: int = 8,
+    ):
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        if relations not in RELATION_MODES:
+            raise ValueError(f"relations must be one of {RELATION_MODES}, got {relations!r}")
         self.vlm = vlm
         self.threshold = threshold
         self.ground = ground
+        self.relations = relations
         self.batch_size = batch_size
 
     def __repr__(self) -> str:
@@ -218,15 +249,37 @@ class VQACritic:
         if len(images) != len(prompts) or not prompts:
             raise ValueError(f"give one prompt per image; got {len(images)} images, {len(prompts)} prompts")
         decompositions = [decompose(p) for p in prompts]
-        flat_images = [im for im, d in zip(images, decompositions) for _ in d.questions]
-        flat_questions = [q.text for d in decompositions for q in d.questions]
-        logp = self.vlm.score(flat_images, flat_questions, list(ANSWERS), batch_size=self.batch_size)
-        p_yes = torch.softmax(logp.float(), dim=-1)[:, 0].tolist()
+        # (item, question) of every question, and which of them are asked (the rest: from boxes)
+        flat = [(n, q) for n, d in enumerate(decompositions) for q in d.questions]
+        boxed = [self.relations == "boxes" and q.kind == "relation" for _, q in flat]
+        asked = [k for k, b in enumerate(boxed) if not b]
+        p_yes = [0.0] * len(flat)
+        if asked:
+            logp = self.vlm.score(
+                [images[flat[k][0]] for k in asked],
+                [flat[k][1].text for k in asked],
+                list(ANSWERS),
+                batch_size=self.batch_size,
+            )
+            for k, p in zip(asked, torch.softmax(logp.float(), dim=-1)[:, 0].tolist()):
+                p_yes[k] = p
+        found = {}
+        if any(boxed):
+            jobs = [(flat[k][0], flat[k][1]) for k, b in enumerate(boxed) if b]
+            found = self._find(list(images), decompositions, {(n, g) for n, q in jobs for g in q.groups})
+            for k, b in enumerate(boxed):
+                if b:
+                    n, q = flat[k]
+                    p_yes[k] = _all_hold(found[n, q.groups[0]], q.relation, found[n, q.groups[1]])
         verdicts, start = [], 0
-        for d in decompositions:
-            n = len(d.questions)
-            verdicts.append(self._verdict(d, p_yes[start : start + n]))
-            start += n
+        for n, d in enumerate(decompositions):
+            count = len(d.questions)
+            verdicts.append(self._verdict(d, p_yes[start : start + count]))
+            if found:
+                for q, record in zip(d.questions, verdicts[-1].details["questions"]):
+                    if q.kind == "relation":
+                        record["boxes"] = [[list(b) for b in found[n, g]] for g in q.groups]
+            start += count
         if self.ground:
             self._localise(list(images), decompositions, verdicts)
         return verdicts
@@ -276,6 +329,18 @@ class VQACritic:
             details=details,
         )
 
+    def _find(self, images: list, decompositions: list[Decomposition], asks: set) -> dict:
+        """Boxes of object groups, ``{(item, group): [box, ...]}``; one batched chat call."""
+        asks = sorted(asks)
+        prompts = [P.GROUND.format(phrase=decompositions[n].queries[g].phrase()) for n, g in asks]
+        texts = self.vlm.chat(
+            [images[n] for n, _ in asks],
+            prompts,
+            max_new_tokens=GROUND_MAX_NEW_TOKENS,
+            batch_size=self.batch_size,
+        )
+        return {ask: parse_boxes(text) for ask, text in zip(asks, texts)}
+
     def _localise(
         self, images: list, decompositions: list[Decomposition], verdicts: list[ImageVerdict]
     ) -> None:
@@ -302,6 +367,13 @@ class VQACritic:
                     max(b[2] for b in found),
                     max(b[3] for b in found),
                 )
+
+
+def _all_hold(subjects: list[Box], relation: str, references: list[Box]) -> float:
+    """1.0 when ``relation`` holds for every (subject, reference) box pair (the world's rule for
+    groups), else 0.0 (also when a group has no box)."""
+    pairs = [(a, b) for a in subjects for b in references]
+    return float(bool(pairs) and all(relation in relative_position(a, b) for a, b in pairs))
 
 
 def _zeroed(d: Decomposition, scores: list[float], i: int) -> bool:

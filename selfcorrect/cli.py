@@ -643,6 +643,8 @@ def cmd_eval_critics(args) -> int:
         )
     if "vqa" in wanted:
         critics["vqa"] = CRITICS["vqa"](vlm=vlm, batch_size=args.batch_size)
+        # the same questions, relations judged from the VLM's boxes instead of asked
+        critics["vqa:boxes"] = CRITICS["vqa"](vlm=vlm, relations="boxes", batch_size=args.batch_size)
     if "clip" in wanted:
         clip, note = _optional_clip(args.clip, args.device)
         if clip is None:

@@ -427,7 +427,14 @@ def test_cli_end_to_end_with_a_tiny_llava(tmp_path, capsys, tiny_clip, one_threa
     )
     assert code == 0 and "wrote" in out
     result = json.loads(out_json.read_text())
-    assert set(result["critics"]) == {"llava_critic", "llava_critic:generate", "vqa", "clip", "detection"}
+    assert set(result["critics"]) == {
+        "llava_critic",
+        "llava_critic:generate",
+        "vqa",
+        "vqa:boxes",
+        "clip",
+        "detection",
+    }
     assert result["images"]["generated"]["images"] == 2 and result["images"]["render"]["images"] >= 2
     for c in result["critics"].values():
         for s in c["sources"].values():

@@ -410,6 +410,30 @@ def test_grounding_puts_boxes_on_failed_findings():
     assert verdict.findings[1].box is None and fake.calls[-1] == ("chat", 1)
 
 
+def test_relations_from_boxes_use_the_vlms_grounding_and_the_worlds_rule():
+    fake = _yes_fake({"Is there a circle?": 0.9, "Is there a red circle?": 0.8, "Is there a square?": 0.7})
+    where = {"red circle": "[10, 40, 20, 50]", "square": "[70, 40, 80, 50], [75, 10, 85, 20]"}
+    fake.reply = lambda images, prompt: where[prompt[len("Find every ") : prompt.index(".")]]
+    prompts = ["a red circle left of a square", "a red circle right of a square"]
+    left, right = VQACritic(fake, relations="boxes").critique_many([RED, RED], prompts)
+    # the relation is never asked: 3 questions per prompt are scored, 2 groups per prompt found
+    assert fake.calls == [("score", 6), ("chat", 4)]
+    assert [q["kind"] for q in left.details["questions"]][-1] == "relation"
+    # both squares are right of the circle (the second one also above it)
+    assert left.details["questions"][-1]["p_yes"] == 1.0 and left.findings[-1].passed
+    assert left.details["questions"][-1]["boxes"][1] == [[0.7, 0.4, 0.8, 0.5], [0.75, 0.1, 0.85, 0.2]]
+    assert right.details["questions"][-1]["p_yes"] == 0.0 and not right.findings[-1].passed
+    # one pair of two holds (the second square is above the circle): the world wants every pair
+    where["square"] = "[70, 40, 80, 50], [12, 0, 22, 10]"
+    verdict = VQACritic(fake, relations="boxes").critique(RED, prompts[0])
+    assert verdict.details["questions"][-1]["p_yes"] == 0.0 and not verdict.findings[-1].passed
+    where["square"] = "None"  # a group with no box: the relation cannot hold
+    verdict = VQACritic(fake, relations="boxes").critique(RED, prompts[0])
+    assert verdict.details["questions"][-1]["p_yes"] == 0.0
+    with pytest.raises(ValueError, match="relations must be one of"):
+        VQACritic(fake, relations="guess")
+
+
 # ----------------------------------------------------------------------- tiny LLaVA: plumbing
 
 
@@ -458,6 +482,14 @@ def test_vqa_critic_on_a_real_model_class(tiny_vlm):
     for v in verdicts:
         assert 0.0 <= v.score <= 1.0 and all(0.0 <= f.score <= 1.0 for f in v.findings)
     assert verdicts[2].details["fallback"] == "vqascore"
+    # relations from boxes: the same questions, the relation judged from generated boxes
+    boxed = VQACritic(tiny_vlm, relations="boxes").critique_many([RED, RED, BLUE], prompts)
+    before, after = verdicts[0].details["questions"], boxed[0].details["questions"]
+    assert [q["kind"] for q in after] == [q["kind"] for q in before]
+    for q, r in zip(before, after):
+        assert ("boxes" in r) == (q["kind"] == "relation")
+        if q["kind"] != "relation":
+            assert r["p_yes"] == pytest.approx(q["p_yes"], abs=1e-5)
     p = vqascore(tiny_vlm, [RED, BLUE], ["a red circle", "a red circle"])
     assert p.shape == (2,) and bool(((p > 0) & (p < 1)).all())
     assert verdicts[2].score == pytest.approx(

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from selfcorrect.world.data import QA_KINDS, WorldDataset, scene_qa
+from selfcorrect.world.data import QA_KINDS, WorldDataset, relation_parts, scene_qa
 from selfcorrect.world.grammar import CAPTION_STYLES, NOUNS, SIZE_WORDS, parse_prompt
 from selfcorrect.world.render import render
 from selfcorrect.world.requirements import evaluate
@@ -101,6 +101,21 @@ def test_answers_match_the_scene(items):
     for item in items:
         for qa in item["qa"]:
             assert qa.answer == expected_answer(item["scene"].objects, qa.question, qa.kind), qa
+
+
+def test_relation_parts_read_back_every_relation_question(items):
+    asked = [qa for item in items for qa in item["qa"] if qa.kind == "relation"]
+    assert asked
+    for qa in asked:
+        a, relation, b = relation_parts(qa.question)
+        assert qa.question == f"is the {a} {relation} the {b}?"
+    assert relation_parts("Is the small red circle above the cross?") == (
+        "small red circle",
+        "above",
+        "cross",
+    )
+    with pytest.raises(ValueError, match="not a relation question"):
+        relation_parts("is there a red circle?")
 
 
 def test_yes_no_answers_are_balanced(items):

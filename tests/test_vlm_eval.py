@@ -14,7 +14,7 @@ from PIL import Image
 
 from selfcorrect.cli import main
 from selfcorrect.world.conversations import answer_text, grounding_answer, grounding_prompt, vqa_prompt
-from selfcorrect.world.data import QA_KINDS
+from selfcorrect.world.data import QA_KINDS, relation_parts
 from selfcorrect.world.grammar import parse_prompt
 from selfcorrect.world.render import render
 from selfcorrect.world.sampling import sample_scene
@@ -22,6 +22,7 @@ from selfcorrect.world.scene import WorldObject
 from selfcorrect.world.vlm_eval import (
     box_iou,
     degraded_samples,
+    evaluate_grounded_relations,
     evaluate_grounding,
     evaluate_vlm,
     evaluate_vqa,
@@ -170,6 +171,35 @@ def test_grounding_recall_and_precision(samples):
     assert summary["recall"] == 0.0 and summary["precision"] == 0.0 and summary["unparsed"] == len(records)
 
 
+def test_relations_from_boxes_follow_the_grounding(samples):
+    relations = [(s, relation_parts(qa.question)) for s in samples for qa in s.qa if qa.kind == "relation"]
+    assert relations
+
+    def named(phrase, objects):
+        *attributes, shape = phrase.split()
+        return [
+            o.box for o in objects if o.shape == shape and all(w in (o.colour, o.size) for w in attributes)
+        ]
+
+    table = {
+        (s.image.tobytes(), grounding_prompt(p)): grounding_answer(named(p, s.objects))
+        for s, (a, _, b) in relations
+        for p in (a, b)
+    }
+    vlm = TableVLM(table)
+    summary, records = evaluate_grounded_relations(vlm, samples, progress=False)
+    assert summary == {"accuracy": 1.0, "n": len(relations), "missing": 0}
+    asked = sum(n for kind, n, _ in vlm.calls if kind == "chat")
+    assert asked == len({(id(s), p) for s, (a, _, b) in relations for p in (a, b)})  # each phrase once
+    assert records[0]["boxes"][0] and records[0]["answer"] in ("Yes", "No")
+    # Every object found in the same place: no relation holds, so exactly the No answers are right.
+    same = {k: "[40, 40, 60, 60]" for k in table}
+    summary, _ = evaluate_grounded_relations(TableVLM(same), samples, progress=False)
+    assert summary["accuracy"] == 0.5 and summary["missing"] == 0
+    summary, _ = evaluate_grounded_relations(TableVLM({}, default="None"), samples, progress=False)
+    assert summary == {"accuracy": 0.5, "n": len(relations), "missing": len(relations)}
+
+
 def test_throughput_times_both_paths_and_agreement(samples):
     vlm = TableVLM(perfect_table(samples, period=False), default="No")
     result = measure_throughput(vlm, samples[:2], batch_size=4)
@@ -271,6 +301,8 @@ def test_evaluate_vlm_report():
     assert "| render | 3 |" in table and "≥ 0.95" in table and "skipped: no CLIP model given" in table
     assert result["image_reliance"]["questions"] == result["vqa"]["render"]["questions"]
     assert "**Image reliance**" in table
+    assert result["boxed"]["render"]["n"] == result["vqa"]["render"]["kinds"]["relation"]["n"]
+    assert "**Relations from the VLM's boxes**" in table and result["records"]["boxed"]
     one = evaluate_vlm(TableVLM({}), limit=1, throughput_images=0, ground_max_new_tokens=16, progress=False)
     assert "skipped" in one["image_reliance"] and "Image reliance** skipped" in markdown_table(one)
 

@@ -16,6 +16,10 @@ caption         a caption of the scene in one of the grammar's styles
 vqa             2-5 turns of world questions (existence, count, colour, shape, relation, where):
                 ``Yes`` / ``No`` / a digit / a colour / a shape / a relation
 ground          bounding boxes ``[x0, y0, x1, y1]`` (percent of the image side) or ``None``
+relate          (experimental, weight 0) a relation question asked to find both objects first:
+                both centres along the relation's axis, the relation they make, then ``Yes`` /
+                ``No`` (``From the left: the red circle at 18, the blue square at 70. The red
+                circle is left of the blue square. Yes.``)
 match           VQAScore's yes/no question about a prompt or a hard-negative caption
 steps           a step-by-step answer: ``Step 1: ...`` lines, then ``Answer: ...``
 queries         LookBack's visual questions that check the last step of a chain
@@ -44,7 +48,16 @@ from dataclasses import dataclass, replace
 from PIL import Image
 
 from selfcorrect.critics import prompts as P
-from selfcorrect.world.data import _derive, _descriptions, _unique, _words, scene_qa
+from selfcorrect.world.data import (
+    OPPOSITE,
+    RELATION_QUESTION,
+    _derive,
+    _descriptions,
+    _unique,
+    _words,
+    relation_pairs,
+    scene_qa,
+)
 from selfcorrect.world.degrade import degrade
 from selfcorrect.world.grammar import CAPTION_STYLES, caption, parse_prompt
 from selfcorrect.world.negatives import hard_negatives
@@ -61,6 +74,7 @@ MIX: dict[str, float] = {
     "caption": 0.08,
     "vqa": 0.24,
     "ground": 0.14,
+    "relate": 0.0,  # experimental (see critics.prompts.LOCATE_FIRST): --mix relate=0.2 turns it on
     "match": 0.08,
     "steps": 0.06,
     "queries": 0.04,
@@ -295,6 +309,26 @@ class ConversationSet:
             size, colour, shape = rng.choice(_descriptions(rng.choice(objects)))
             matching = [o.box for o in objects if _fits((size, colour, shape), o)]
             turns.append((grounding_prompt(_words((size, colour, shape))), grounding_answer(matching)))
+        return [image], turns
+
+    def _relate(self, rng):
+        for _ in range(20):
+            image, objects = self.scene_image(rng)
+            names, pairs = relation_pairs(objects)
+            if pairs:
+                break
+        else:
+            return self._vqa(rng)  # practically unreachable: most scenes hold two objects
+        turns = []
+        for _ in range(rng.randint(1, 3)):
+            i, j, rels = rng.choice(pairs)
+            a, b = _words(rng.choice(names[i])), _words(rng.choice(names[j]))
+            holds = rng.choice(sorted(rels))
+            relation = rng.choice((holds, OPPOSITE[holds]))  # a yes, or a clear no
+            question = P.LOCATE_FIRST.format(
+                question=vqa_prompt(RELATION_QUESTION.format(a=a, relation=relation, b=b))
+            )
+            turns.append((question, located_answer(a, objects[i].box, relation, b, objects[j].box, rels)))
         return [image], turns
 
     def _match(self, rng):
@@ -608,6 +642,25 @@ def _object_step(obj, d, objects, rng) -> _Step:
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
+
+
+def located_answer(a: str, box_a, relation: str, b: str, box_b, holds: set[str]) -> str:
+    """The answer to "is the {a} {relation} the {b}? Find both objects first." (:data:`P.LOCATED`).
+
+    Along the relation's axis, both centres (percent of the image side), the relation their order
+    makes, then Yes when ``relation`` is one of ``holds`` (the world's rule,
+    :func:`~selfcorrect.world.scene.relative_position`). Only asked of a relation that holds or
+    of its opposite, where the centres' order and the rule agree.
+    """
+    axis, side, before, after = (
+        (0, "left", "left of", "right of")
+        if relation in ("left of", "right of")
+        else (1, "top", "above", "below")
+    )
+    pa, pb = (round((box[axis] + box[axis + 2]) * 50) for box in (box_a, box_b))
+    said = before if (box_a[axis] + box_a[axis + 2]) < (box_b[axis] + box_b[axis + 2]) else after
+    answer = P.YES if relation in holds else P.NO
+    return P.LOCATED.format(side=side, a=a, pa=pa, b=b, pb=pb, relation=said, answer=answer)
 
 
 def _messages(turns: list[tuple[str, str]], n_images: int) -> list[dict]:

@@ -38,6 +38,7 @@ import hashlib
 import json
 import operator
 import random
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -75,6 +76,9 @@ OPPOSITE: dict[str, str] = {  # the relation that can never hold together with e
     "above": "below",
     "below": "above",
 }
+
+RELATION_QUESTION = "is the {a} {relation} the {b}?"
+_RELATION_QUESTION = re.compile(r"is the (.+) (left of|right of|above|below) the (.+)\?", re.IGNORECASE)
 
 # Every query a question can name: shape, optionally with colour and/or size (4 x 7 x 3).
 ALL_QUERIES: tuple[ObjectQuery, ...] = tuple(
@@ -355,7 +359,14 @@ def _shape_of(objects, rng) -> list[QA]:
     return [QA(f"what shape is the {_words((size, colour, None))}?", obj.shape, "shape")]
 
 
-def _relations(objects, rng) -> list[QA]:
+def relation_pairs(objects) -> tuple[dict[int, list[Description]], list[tuple[int, int, set[str]]]]:
+    """What relation questions can ask about ``objects``.
+
+    Returns:
+        ``(names, pairs)``: for each object index, the descriptions that name it alone; and the
+        ordered pairs ``(i, j, relations of i to j)`` of nameable objects that hold at least one
+        relation.
+    """
     names = {i: [d for d in _descriptions(o) if _unique(d, objects)] for i, o in enumerate(objects)}
     pairs = [
         (i, j, relative_position(objects[i].box, objects[j].box))
@@ -363,7 +374,11 @@ def _relations(objects, rng) -> list[QA]:
         for j in range(len(objects))
         if i != j and names[i] and names[j]
     ]
-    pairs = [(i, j, rels) for i, j, rels in pairs if rels]
+    return names, [(i, j, rels) for i, j, rels in pairs if rels]
+
+
+def _relations(objects, rng) -> list[QA]:
+    names, pairs = relation_pairs(objects)
     if not pairs:
         return []
     out = []
@@ -373,7 +388,7 @@ def _relations(objects, rng) -> list[QA]:
     for relation in (holds, OPPOSITE[holds]):  # a yes, and a clear no (the opposite never holds too)
         answer = relation in rels
         _verify(objects, _relation_requirements(a, relation, b), answer)
-        question = f"is the {_words(a)} {relation} the {_words(b)}?"
+        question = RELATION_QUESTION.format(a=_words(a), relation=relation, b=_words(b))
         out.append(QA(question, YES if answer else NO, "relation"))
     rng.shuffle(out)
     single = [(i, j, rels) for i, j, rels in pairs if len(rels) == 1]
@@ -385,6 +400,19 @@ def _relations(objects, rng) -> list[QA]:
             _verify(objects, _relation_requirements(a, r, b), r == relation)
         out.append(QA(f"where is the {_words(a)} relative to the {_words(b)}?", relation, "where"))
     return out
+
+
+def relation_parts(question: str) -> tuple[str, str, str]:
+    """``"is the red circle left of the blue square?"`` -> ``("red circle", "left of", "blue square")``.
+
+    Raises:
+        ValueError: ``question`` is not a relation question of :func:`scene_qa`.
+    """
+    match = _RELATION_QUESTION.fullmatch(question.strip())
+    if match is None:
+        raise ValueError(f"not a relation question: {question!r}")
+    a, relation, b = match.groups()
+    return a, relation.lower(), b
 
 
 def _relation_requirements(a: Description, relation: str, b: Description) -> Requirements:

@@ -12,6 +12,9 @@ Five measurements, each graded against the world's exact truth:
    :func:`~selfcorrect.world.conversations.parse_boxes`. An object is recalled when some predicted
    box has IoU >= 0.5 with it; a predicted box is correct when it is matched one-to-one (greedily,
    highest IoU first) to an object the phrase names, so duplicate boxes count against precision.
+   **Relations from boxes** (:func:`evaluate_grounded_relations`, reported as ``boxed``): each
+   relation question answered by grounding both of its objects and applying the world's rule to
+   the boxes, which tells perception apart from the language model's composition.
 3. **CLIP**: image -> its true caption among 10 hard negatives
    (:func:`selfcorrect.train.world_clip.evaluate_hard_negatives`), when CLIP weights are given.
 4. **Image reliance** on the renders (:func:`measure_image_reliance`): the log-probability of
@@ -66,9 +69,18 @@ from selfcorrect.world.conversations import (
     parse_boxes,
     vqa_prompt,
 )
-from selfcorrect.world.data import QA, QA_KINDS, WorldDataset, _derive, _unique, _words, scene_qa
+from selfcorrect.world.data import (
+    QA,
+    QA_KINDS,
+    WorldDataset,
+    _derive,
+    _unique,
+    _words,
+    relation_parts,
+    scene_qa,
+)
 from selfcorrect.world.degrade import degrade
-from selfcorrect.world.scene import DEFAULT_CANVAS, Scene
+from selfcorrect.world.scene import DEFAULT_CANVAS, Scene, relative_position
 from selfcorrect.world.suites import load_suite
 
 SOURCES: tuple[str, ...] = ("render", "degraded", "generated")
@@ -376,6 +388,64 @@ def evaluate_grounding(
     return summary, records
 
 
+def evaluate_grounded_relations(
+    vlm,
+    samples: list[Sample],
+    *,
+    batch_size: int = 16,
+    max_new_tokens: int = GROUND_MAX_NEW_TOKENS,
+    progress: bool = True,
+    desc: str = "relation from boxes",
+) -> tuple[dict, list[dict]]:
+    """Answer every relation question from the VLM's own grounding instead of asking it.
+
+    Both objects of ``"is the A left of the B?"`` are found with ``grounding_prompt`` (each
+    distinct phrase of an image asked once); the answer is Yes when the world's rule
+    (:func:`~selfcorrect.world.scene.relative_position`) puts the first box of A ``left of`` the
+    first box of B, and No when it does not or a phrase got no box. This separates what the model
+    sees (where each object is) from what its language model composes (:func:`evaluate_vqa`).
+
+    Returns:
+        ``(summary, records)``: ``summary`` has ``accuracy``, ``n`` and ``missing`` (questions
+        with a phrase that got no box); one record per question (source, index, question,
+        expected, boxes of A and B, answer, right).
+    """
+    jobs = [(s, qa, relation_parts(qa.question)) for s in samples for qa in s.qa if qa.kind == "relation"]
+    asks = list(dict.fromkeys((id(s), phrase) for s, _, (a, _, b) in jobs for phrase in (a, b)))
+    by_id = {id(s): s for s, _, _ in jobs}
+    answers = _chat(
+        vlm,
+        [by_id[k].image for k, _ in asks],
+        [grounding_prompt(phrase) for _, phrase in asks],
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        progress=progress,
+        desc=desc,
+    )
+    boxes = {ask: parse_boxes(answer) for ask, answer in zip(asks, answers, strict=True)}
+    records = []
+    for s, qa, (a, relation, b) in jobs:
+        found_a, found_b = boxes[id(s), a], boxes[id(s), b]
+        said = bool(found_a and found_b) and relation in relative_position(found_a[0], found_b[0])
+        records.append(
+            {
+                "source": s.source,
+                "index": s.index,
+                "question": vqa_prompt(qa.question),
+                "expected": answer_text(qa.answer),
+                "boxes": [[list(b) for b in found_a], [list(b) for b in found_b]],
+                "answer": P.YES if said else P.NO,
+                "right": said == (qa.answer == "yes"),
+            }
+        )
+    summary = {
+        "accuracy": round(sum(r["right"] for r in records) / len(records), 4) if records else 0.0,
+        "n": len(records),
+        "missing": sum(not (r["boxes"][0] and r["boxes"][1]) for r in records),
+    }
+    return summary, records
+
+
 def measure_throughput(vlm, samples: list[Sample], *, batch_size: int = 16) -> dict:
     """Images per second of ``vlm.score`` (P(Yes) vs P(No)) against ``vlm.chat`` on yes/no questions.
 
@@ -535,11 +605,11 @@ def evaluate_vlm(
 
     Returns:
         A JSON-ready dict: ``split``, ``limit``, ``images`` (per source: ``used``, ``skipped``),
-        ``vqa`` and ``grounding`` (per source, see :func:`evaluate_vqa` and
-        :func:`evaluate_grounding`), ``image_reliance`` (renders, see
+        ``vqa``, ``grounding`` and ``boxed`` (per source, see :func:`evaluate_vqa`,
+        :func:`evaluate_grounding` and :func:`evaluate_grounded_relations`), ``image_reliance`` (renders, see
         :func:`measure_image_reliance`; ``{"skipped": reason}`` with fewer than 2), ``clip`` (or
         ``{"skipped": reason}``), ``throughput`` (see :func:`measure_throughput`), ``targets``, ``seconds``, ``machine``, ``date`` and ``records``
-        (``vqa`` and ``grounding`` lists).
+        (``vqa``, ``grounding`` and ``boxed`` lists).
     """
     import torch
 
@@ -551,8 +621,8 @@ def evaluate_vlm(
     if generate_fn is not None and generated > 0:
         sources["generated"] = generated_samples(generate_fn, split, generated, progress=progress)
 
-    result: dict = {"split": split, "limit": limit, "images": {}, "vqa": {}, "grounding": {}}
-    records: dict[str, list] = {"vqa": [], "grounding": []}
+    result: dict = {"split": split, "limit": limit, "images": {}, "vqa": {}, "grounding": {}, "boxed": {}}
+    records: dict[str, list] = {"vqa": [], "grounding": [], "boxed": []}
     for name, (samples, skipped) in sources.items():
         result["images"][name] = {"used": len(samples), "skipped": skipped}
         if not samples:
@@ -572,6 +642,16 @@ def evaluate_vlm(
         )
         result["grounding"][name] = summary
         records["grounding"] += rows
+        summary, rows = evaluate_grounded_relations(
+            vlm,
+            samples,
+            batch_size=batch_size,
+            max_new_tokens=ground_max_new_tokens,
+            progress=progress,
+            desc=f"relation from boxes {name}",
+        )
+        result["boxed"][name] = summary
+        records["boxed"] += rows
 
     if clip is not None:
         result["clip"] = evaluate_clip(clip, split, limit)
@@ -634,6 +714,17 @@ def markdown_table(result: dict) -> str:
             f"| {name} | {g['objects']} | {cell(g['recall'], TARGETS['grounding/recall'])} | "
             f"{g['precision']:.2f} | {g['predicted_boxes']} | {g['unparsed']} |"
         )
+
+    if result.get("boxed"):
+        lines += [
+            "",
+            "**Relations from the VLM's boxes** (each relation question answered by grounding both "
+            "objects and applying the world's rule to the first box of each; not the VLM's own answer)\n",
+            "| images | questions | accuracy | a phrase got no box |",
+            "|---|---:|---:|---:|",
+        ]
+        for name, part in result["boxed"].items():
+            lines.append(f"| {name} | {part['n']} | {part['accuracy']:.2f} | {part['missing']} |")
 
     reliance = result.get("image_reliance", {})
     if "skipped" in reliance:
