@@ -122,6 +122,10 @@ class Corrector:
             built_critic = CRITICS[critic](
                 detector=judge, device=device, expected_of=expect, detector_options=options
             )
+        elif critic == "vqa" and str(vlm or WORLD) == WORLD:
+            # the world VLM finds objects but does not answer relation questions (its model card):
+            # its relations are judged from its boxes; any other VLM is asked
+            built_critic = CRITICS[critic](vlm=shared, relations="boxes")
         else:
             built_critic = CRITICS[critic](vlm=shared)
 

@@ -425,3 +425,17 @@ def test_a_clip_critic_shares_the_loop_detectors_clip(critic, monkeypatch):
         assert judge.min_probability < corrector.detector.min_probability
     else:
         assert corrector.critic.model is corrector.detector.model
+
+
+def test_the_vqa_critic_judges_the_world_vlms_relations_from_its_boxes(tmp_path):
+    """The world VLM does not answer relation questions but finds objects (its model card), so the
+    loop's VQA critic judges its relations from boxes; any other VLM is asked them."""
+    from selfcorrect.diffusion.runner import Corrector
+    from selfcorrect.vision.testing import build_tiny_vlm
+
+    world = Corrector.build(None, critic="vqa", detector="clip-proposals")
+    assert world.critic.relations == "boxes"
+    other = Corrector.build(
+        None, critic="vqa", detector="clip-proposals", vlm=str(build_tiny_vlm("llava", tmp_path))
+    )
+    assert other.critic.relations == "ask"
