@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from selfcorrect.io import write_json, write_text
+    from selfcorrect.io import write_report
     from selfcorrect.train.world_clip import evaluate_hard_negatives
     from selfcorrect.vision.clip import load_world_clip
 
@@ -64,8 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"| all | {result['accuracy']:.3f} | | |\n{rows}\n\n"
         f"By prompt category: {categories}\n"
     )
-    write_json(args.json, result)
-    write_text(args.json.with_suffix(".md"), table)
+    write_report(args.json, result, table)
     print(table)
     return result
 

@@ -14,7 +14,6 @@ one shared CLIP, and writes JSON + Markdown. Choose on ``val``; ``selfcorrect ev
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -34,6 +33,7 @@ def main() -> None:
 
     from selfcorrect.cli import _world_generator
     from selfcorrect.critics.clip import ClipCritic
+    from selfcorrect.io import write_report
     from selfcorrect.world.critic_eval import run
 
     tolerances = [float(t) for t in args.tolerances.split(",")]
@@ -98,9 +98,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2))
-        args.json.with_suffix(".md").write_text(text)
+        write_report(args.json, out, text)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ image (the oracle grades here; the loop never sees it). Prints and writes JSON +
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 
@@ -27,6 +26,7 @@ def main() -> None:
 
     from selfcorrect.diffusion.generate import generate
     from selfcorrect.diffusion.presets import load_pipeline
+    from selfcorrect.io import write_report
     from selfcorrect.vision.detectors import load_detector
     from selfcorrect.world.oracle import analyse
     from selfcorrect.world.scene import COLOURS, SHAPES
@@ -89,9 +89,10 @@ def main() -> None:
     )
     print(table)
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        args.json.with_suffix(".md").write_text(
-            f"# clip-proposals detector on world images (val prompts)\n\n`{result['command']}`\n\n{table}"
+        write_report(
+            args.json,
+            result,
+            f"# clip-proposals detector on world images (val prompts)\n\n`{result['command']}`\n\n{table}",
         )
 
 

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from selfcorrect.diffusion.generate import generate
     from selfcorrect.diffusion.presets import load_pipeline
-    from selfcorrect.io import write_json, write_text
+    from selfcorrect.io import write_report
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -91,7 +91,6 @@ def main(argv: list[str] | None = None) -> dict:
         "versions": {"torch": torch.__version__, "diffusers": __import__("diffusers").__version__},
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    write_json(args.json, result)
     table = (
         "# Latency of one 64x64 world image (CPU)\n\n"
         f"`{result['command']}`: {d.num_inference_steps} steps, guidance {d.guidance_scale}, attention "
@@ -103,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"Machine: {result['machine']['platform']}, {result['machine']['cpus']} CPUs, "
         f"torch threads {result['machine']['torch_threads']}; torch {torch.__version__}.\n"
     )
-    write_text(args.json.with_suffix(".md"), table)
+    write_report(args.json, result, table)
     print(table)
     return result
 

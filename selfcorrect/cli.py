@@ -471,7 +471,7 @@ def cmd_eval_loop(args) -> int:
     from selfcorrect.diffusion.edits import EditConfig
     from selfcorrect.diffusion.loop import LoopConfig
     from selfcorrect.diffusion.runner import Corrector
-    from selfcorrect.io import save_image, write_json, write_text
+    from selfcorrect.io import save_image, write_report
     from selfcorrect.world.loop_eval import before_after_sheet, evaluate_loop, markdown
 
     for name in ("seeds", "rounds"):
@@ -497,15 +497,14 @@ def cmd_eval_loop(args) -> int:
     table = markdown(result)
     print(table)
     if args.json is not None:
-        write_json(args.json, result)
-        picture = args.json.with_name(args.json.stem + "_before_after.png")
-        save_image(before_after_sheet(examples), picture)
-        write_text(
-            args.json.with_suffix(".md"),
-            f"# Correction loop on the world ({args.split} split)\n\nCommand: `{args.command_line}`\n\n{table}\n"
-            f"![before and after]({picture.name})\n",
+        picture = save_image(
+            before_after_sheet(examples), args.json.with_name(args.json.stem + "_before_after.png")
         )
-        print(f"wrote {args.json}, {args.json.with_suffix('.md')} and {picture}")
+        md = (
+            f"# Correction loop on the world ({args.split} split)\n\nCommand: `{args.command_line}`\n\n{table}\n"
+            f"![before and after]({picture.name})\n"
+        )
+        print(f"wrote {args.json}, {write_report(args.json, result, md)} and {picture}")
     return 0
 
 
