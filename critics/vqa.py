@@ -34,11 +34,12 @@ lowest of its questions' scores and which passes when all of them are at least 0
 
 **Relations from boxes** (``relations="boxes"``): instead of asking a relation question, the
 critic asks the VLM to find both object groups (the grounding prompt below) and applies the
-world's rule (:func:`~selfcorrect.world.scene.relative_position`, GenEval's) to the boxes: the
-question's P(yes) is 1 when the relation holds for every (subject, reference) box pair, else 0
-(also when a group got no box); the boxes go in the question's ``details``. For a VLM that sees where objects are but cannot compose a relation in one
-answer (the world VLM: see its model card), as GenEval and the detection critic judge positions.
-It costs a short generation per object group instead of a scored question.
+world's rule (:func:`~selfcorrect.world.scene.relative_position`, GenEval's) to the boxes, as
+GenEval and the detection critic judge positions: the question's P(yes) is 1 when the relation
+holds for every (subject, reference) box pair, else 0 (also when a group got no box); the boxes
+go in the question's ``details``. It is for a VLM that sees where objects are but does not
+compose a relation in one answer (the world VLM: see its model card), and costs a short
+generation per object group instead of a scored question.
 
 **Localisation** (``ground=True``): for every object group of a failed requirement the critic
 asks the VLM to find it (``Find every red circle. Answer with bounding boxes.``, boxes in percent
