@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from selfcorrect.critics.verdicts import Box, Finding, ImageVerdict, PairwiseVerdict
+from selfcorrect.critics.verdicts import Finding, ImageVerdict, PairwiseVerdict, enclosing
 
 
 def world_expected(prompt: str):
@@ -134,7 +134,7 @@ class DetectionCritic:
                 expected.objects[k].phrase() for k, ds in ((rel.subject, a), (rel.reference, b)) if not ds
             ]
             why = f"no {' and no '.join(missing)} found" if missing else f"{held} of {len(pairs)} pairs hold"
-            box = _enclosing([d.box for d in a + b])
+            box = enclosing([d.box for d in a + b])
             findings.append(Finding(words, bool(pairs) and held == len(pairs), score, box, why))
         score = sum(f.score for f in findings) / len(findings) if findings else 1.0
         failed = [f.requirement for f in findings if not f.passed]
@@ -162,23 +162,12 @@ def _group_finding(group, found: list, n: int) -> Finding:
     if c == 0:
         words = f"no {group.phrase(plural=True)}"
         score = 1.0 - found[0].score if found else 1.0
-        return Finding(words, n == 0, score, _enclosing([d.box for d in found[:n]]), f"{n} found")
+        return Finding(words, n == 0, score, enclosing([d.box for d in found[:n]]), f"{n} found")
     score = sum(d.score for d in found[:c]) / c
     if group.exact and n > c:
         score *= c / n
     words = f"{'exactly' if group.exact else 'at least'} {c} {group.phrase(plural=c > 1)}"
     passed = n == c if group.exact else n >= c
     return Finding(
-        words, passed, min(max(score, 0.0), 1.0), _enclosing([d.box for d in found[:n]]), f"{n} found"
-    )
-
-
-def _enclosing(boxes: list[Box]) -> Box | None:
-    if not boxes:
-        return None
-    return (
-        min(b[0] for b in boxes),
-        min(b[1] for b in boxes),
-        max(b[2] for b in boxes),
-        max(b[3] for b in boxes),
+        words, passed, min(max(score, 0.0), 1.0), enclosing([d.box for d in found[:n]]), f"{n} found"
     )

@@ -18,6 +18,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 Box = tuple[float, float, float, float]  # normalised x0, y0, x1, y1 (fractions of width / height)
+
+
+def enclosing(boxes) -> Box | None:
+    """The smallest box holding all of ``boxes``; None for no boxes."""
+    if not boxes:
+        return None
+    return (
+        min(b[0] for b in boxes),
+        min(b[1] for b in boxes),
+        max(b[2] for b in boxes),
+        max(b[3] for b in boxes),
+    )
+
+
 PREFERENCES = ("first", "second", "tie")
 
 

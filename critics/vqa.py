@@ -37,7 +37,7 @@ critic asks the VLM to find both object groups (the grounding prompt below) and 
 world's rule (:func:`~selfcorrect.world.scene.relative_position`, GenEval's) to the boxes, as
 GenEval and the detection critic judge positions: the question's P(yes) is 1 when the relation
 holds for every (subject, reference) box pair, else 0 (also when a group got no box); the boxes
-go in the question's ``details``. It is for a VLM that sees where objects are but does not
+go in the question's ``details`` and their enclosing box on the finding. It is for a VLM that sees where objects are but does not
 compose a relation in one answer (the world VLM: see its model card), and costs a short
 generation per object group instead of a scored question.
 
@@ -55,7 +55,7 @@ import torch
 
 from selfcorrect.critics import prompts as P
 from selfcorrect.critics.parsing import parse_boxes
-from selfcorrect.critics.verdicts import Box, Finding, ImageVerdict
+from selfcorrect.critics.verdicts import Box, Finding, ImageVerdict, enclosing
 from selfcorrect.errors import PromptError
 from selfcorrect.world.grammar import parse_prompt
 from selfcorrect.world.requirements import CountRequirement, ObjectQuery, Requirements
@@ -280,6 +280,8 @@ class VQACritic:
                 for q, record in zip(d.questions, verdicts[-1].details["questions"]):
                     if q.kind == "relation":
                         record["boxes"] = [[list(b) for b in found[n, g]] for g in q.groups]
+                        finding = verdicts[-1].findings[q.requirement]
+                        finding.box = enclosing([b for g in q.groups for b in found[n, g]])
             start += count
         if self.ground:
             self._localise(list(images), decompositions, verdicts)
@@ -349,8 +351,8 @@ class VQACritic:
         asks: list[tuple[int, int, int]] = []  # (item, finding, group)
         for n, (d, verdict) in enumerate(zip(decompositions, verdicts)):
             for r, finding in enumerate(verdict.findings):
-                if finding.passed or d.fallback:
-                    continue
+                if finding.passed or d.fallback or finding.box is not None:
+                    continue  # passed, or already placed (a relation judged from boxes)
                 groups = {g for q in d.questions if q.requirement == r for g in q.groups}
                 asks += [(n, r, g) for g in sorted(groups)]
         if not asks:
@@ -361,13 +363,7 @@ class VQACritic:
         for (n, r, _), text in zip(asks, texts):
             boxes.setdefault((n, r), []).extend(parse_boxes(text))
         for (n, r), found in boxes.items():
-            if found:
-                verdicts[n].findings[r].box = (
-                    min(b[0] for b in found),
-                    min(b[1] for b in found),
-                    max(b[2] for b in found),
-                    max(b[3] for b in found),
-                )
+            verdicts[n].findings[r].box = enclosing(found)
 
 
 def _all_hold(subjects: list[Box], relation: str, references: list[Box]) -> float:

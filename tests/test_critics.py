@@ -423,6 +423,12 @@ def test_relations_from_boxes_use_the_vlms_grounding_and_the_worlds_rule():
     assert left.details["questions"][-1]["p_yes"] == 1.0 and left.findings[-1].passed
     assert left.details["questions"][-1]["boxes"][1] == [[0.7, 0.4, 0.8, 0.5], [0.75, 0.1, 0.85, 0.2]]
     assert right.details["questions"][-1]["p_yes"] == 0.0 and not right.findings[-1].passed
+    # the relation's finding is placed where its objects were found ...
+    assert right.findings[-1].box == pytest.approx((0.1, 0.1, 0.85, 0.5))
+    # ... so localising failed findings does not ask about it again (the others pass here)
+    fake.calls.clear()
+    VQACritic(fake, relations="boxes", ground=True).critique(RED, prompts[1])
+    assert fake.calls == [("score", 3), ("chat", 2)]
     # one pair of two holds (the second square is above the circle): the world wants every pair
     where["square"] = "[70, 40, 80, 50], [12, 0, 22, 10]"
     verdict = VQACritic(fake, relations="boxes").critique(RED, prompts[0])
