@@ -50,10 +50,18 @@ def build_llava_critic(*, vlm=None, device: str = "cpu", **options):
 
 
 def build_vqa_critic(*, vlm=None, device: str = "cpu", **options):
-    """:class:`~selfcorrect.critics.vqa.VQACritic`; ``vlm`` as for :func:`build_llava_critic`."""
-    from selfcorrect.critics.vqa import VQACritic
+    """:class:`~selfcorrect.critics.vqa.VQACritic`; ``vlm`` as for :func:`build_llava_critic`.
 
-    return VQACritic(_vlm(vlm, device), **options)
+    The world VLM finds objects but does not answer relation questions (its model card), so its
+    relations are judged from its boxes (``relations="boxes"``) unless ``relations=`` is given;
+    any other VLM is asked them."""
+    from selfcorrect.critics.vqa import VQACritic
+    from selfcorrect.vision.vlm import WORLD
+
+    vlm = _vlm(vlm, device)
+    if getattr(vlm, "name", None) == WORLD:
+        options.setdefault("relations", "boxes")
+    return VQACritic(vlm, **options)
 
 
 def build_clip_critic(*, clip=None, device: str = "cpu", **options):

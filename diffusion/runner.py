@@ -122,11 +122,7 @@ class Corrector:
             built_critic = CRITICS[critic](
                 detector=judge, device=device, expected_of=expect, detector_options=options
             )
-        elif critic == "vqa" and str(vlm or WORLD) == WORLD:
-            # the world VLM finds objects but does not answer relation questions (its model card):
-            # its relations are judged from its boxes; any other VLM is asked
-            built_critic = CRITICS[critic](vlm=shared, relations="boxes")
-        else:
+        else:  # the VQA critic judges the world VLM's relations from its boxes (build_vqa_critic)
             built_critic = CRITICS[critic](vlm=shared)
 
         names = {

@@ -641,7 +641,7 @@ def cmd_eval_critics(args) -> int:
             vlm=vlm, mode="generate", batch_size=args.batch_size, **generating
         )
     if "vqa" in wanted:
-        critics["vqa"] = CRITICS["vqa"](vlm=vlm, batch_size=args.batch_size)
+        critics["vqa"] = CRITICS["vqa"](vlm=vlm, relations="ask", batch_size=args.batch_size)
         # the same questions, relations judged from the VLM's boxes instead of asked
         critics["vqa:boxes"] = CRITICS["vqa"](vlm=vlm, relations="boxes", batch_size=args.batch_size)
     if "clip" in wanted:

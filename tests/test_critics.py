@@ -573,7 +573,10 @@ def test_clip_critic_fails_an_image_when_a_one_edit_variant_fits_it_better(tiny_
 def test_registry_builders_take_injected_models():
     fake = FakeVLM()
     assert set(CRITICS) == {"llava_critic", "vqa", "clip", "lookback", "tldr", "detection"}
-    assert isinstance(CRITICS["vqa"](vlm=fake), VQACritic)
+    assert isinstance(CRITICS["vqa"](vlm=fake), VQACritic) and CRITICS["vqa"](vlm=fake).relations == "ask"
+    fake.name = "world"  # the world VLM finds objects but does not answer relation questions
+    assert CRITICS["vqa"](vlm=fake).relations == "boxes"
+    assert CRITICS["vqa"](vlm=fake, relations="ask").relations == "ask"
     critic = CRITICS["llava_critic"](vlm=fake, mode="generate", threshold=0.5)
     assert isinstance(critic, LlavaCritic) and critic.mode == "generate" and critic.threshold == 0.5
     assert "pairwise" in critic.kinds and "image" in VQACritic(fake).kinds
