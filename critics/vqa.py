@@ -37,9 +37,9 @@ critic asks the VLM to find both object groups (the grounding prompt below) and 
 world's rule (:func:`~selfcorrect.world.scene.relative_position`, GenEval's) to the boxes, as
 GenEval and the detection critic judge positions: the question's P(yes) is 1 when the relation
 holds for every (subject, reference) box pair, else 0 (also when a group got no box); the boxes
-go in the question's ``details`` and their enclosing box on the finding. It is for a VLM that sees where objects are but does not
-compose a relation in one answer (the world VLM: see its model card), and costs a short
-generation per object group instead of a scored question.
+go in the question's ``details`` and their enclosing box on the finding. It is for a VLM that
+sees where objects are but does not compose a relation in one answer (the world VLM: see its
+model card), and costs a short generation per object group instead of a scored question.
 
 **Localisation** (``ground=True``): for every object group of a failed requirement the critic
 asks the VLM to find it (``Find every red circle. Answer with bounding boxes.``, boxes in percent
@@ -252,8 +252,8 @@ class VQACritic:
         decompositions = [decompose(p) for p in prompts]
         # (item, question) of every question, and which of them are asked (the rest: from boxes)
         flat = [(n, q) for n, d in enumerate(decompositions) for q in d.questions]
-        boxed = [self.relations == "boxes" and q.kind == "relation" for _, q in flat]
-        asked = [k for k, b in enumerate(boxed) if not b]
+        boxed = [k for k, (_, q) in enumerate(flat) if self.relations == "boxes" and q.kind == "relation"]
+        asked = sorted(set(range(len(flat))) - set(boxed))
         p_yes = [0.0] * len(flat)
         if asked:
             logp = self.vlm.score(
@@ -265,13 +265,12 @@ class VQACritic:
             for k, p in zip(asked, torch.softmax(logp.float(), dim=-1)[:, 0].tolist()):
                 p_yes[k] = p
         found = {}
-        if any(boxed):
-            jobs = [(flat[k][0], flat[k][1]) for k, b in enumerate(boxed) if b]
-            found = self._find(list(images), decompositions, {(n, g) for n, q in jobs for g in q.groups})
-            for k, b in enumerate(boxed):
-                if b:
-                    n, q = flat[k]
-                    p_yes[k] = _all_hold(found[n, q.groups[0]], q.relation, found[n, q.groups[1]])
+        if boxed:
+            groups = {(flat[k][0], g) for k in boxed for g in flat[k][1].groups}
+            found = self._find(list(images), decompositions, groups, max_new_tokens=GROUND_MAX_NEW_TOKENS)
+            for k in boxed:
+                n, q = flat[k]
+                p_yes[k] = _all_hold(found[n, q.groups[0]], q.relation, found[n, q.groups[1]])
         verdicts, start = [], 0
         for n, d in enumerate(decompositions):
             count = len(d.questions)
@@ -332,38 +331,29 @@ class VQACritic:
             details=details,
         )
 
-    def _find(self, images: list, decompositions: list[Decomposition], asks: set) -> dict:
-        """Boxes of object groups, ``{(item, group): [box, ...]}``; one batched chat call."""
+    def _find(self, images: list, decompositions: list[Decomposition], asks: set, **generation) -> dict:
+        """Boxes of object groups ``asks`` (``(item, group)`` pairs), ``{(item, group): [box, ...]}``;
+        one batched chat call (``generation`` goes to ``chat``), each group asked once."""
         asks = sorted(asks)
         prompts = [P.GROUND.format(phrase=decompositions[n].queries[g].phrase()) for n, g in asks]
-        texts = self.vlm.chat(
-            [images[n] for n, _ in asks],
-            prompts,
-            max_new_tokens=GROUND_MAX_NEW_TOKENS,
-            batch_size=self.batch_size,
-        )
+        texts = self.vlm.chat([images[n] for n, _ in asks], prompts, batch_size=self.batch_size, **generation)
         return {ask: parse_boxes(text) for ask, text in zip(asks, texts)}
 
     def _localise(
         self, images: list, decompositions: list[Decomposition], verdicts: list[ImageVerdict]
     ) -> None:
-        """Ask for the boxes of the object groups of failed findings; one batched chat call."""
-        asks: list[tuple[int, int, int]] = []  # (item, finding, group)
+        """Ask for the boxes of the object groups of failed findings (:meth:`_find`)."""
+        wanted: dict[tuple[int, int], list[int]] = {}  # (item, finding) -> its object groups
         for n, (d, verdict) in enumerate(zip(decompositions, verdicts)):
             for r, finding in enumerate(verdict.findings):
                 if finding.passed or d.fallback or finding.box is not None:
                     continue  # passed, or already placed (a relation judged from boxes)
-                groups = {g for q in d.questions if q.requirement == r for g in q.groups}
-                asks += [(n, r, g) for g in sorted(groups)]
-        if not asks:
+                wanted[n, r] = sorted({g for q in d.questions if q.requirement == r for g in q.groups})
+        if not any(wanted.values()):
             return
-        prompts = [P.GROUND.format(phrase=decompositions[n].queries[g].phrase()) for n, _, g in asks]
-        texts = self.vlm.chat([images[n] for n, _, _ in asks], prompts, batch_size=self.batch_size)
-        boxes: dict[tuple[int, int], list[Box]] = {}
-        for (n, r, _), text in zip(asks, texts):
-            boxes.setdefault((n, r), []).extend(parse_boxes(text))
-        for (n, r), found in boxes.items():
-            verdicts[n].findings[r].box = enclosing(found)
+        found = self._find(images, decompositions, {(n, g) for (n, _), gs in wanted.items() for g in gs})
+        for (n, r), groups in wanted.items():
+            verdicts[n].findings[r].box = enclosing([b for g in groups for b in found[n, g]])
 
 
 def _all_hold(subjects: list[Box], relation: str, references: list[Box]) -> float:
