@@ -25,6 +25,7 @@ from selfcorrect.vision.vlm import (
     ModelFormatError,
     ModelNotFoundError,
     VLMInputError,
+    _common_prefix,
 )
 
 FAMILIES = sorted(TINY_FACTORIES)
@@ -179,6 +180,32 @@ def test_per_prompt_continuations(vlm, images):
     scores = vlm.score(images, PROMPTS, options)
     for b, row in enumerate(options):
         torch.testing.assert_close(scores[b], vlm.score([images[b]], [PROMPTS[b]], row)[0], atol=ATOL, rtol=0)
+
+
+def test_shared_prefix_of_continuations_scored_once_matches_naive(vlm, images):
+    """Continuations that start alike (``Final Score: 10`` / ``100``) have their shared tokens
+    scored once at the end of the prompt; every token's log-probability is still the plain one,
+    rows with prefixes of different lengths batched together, packed or one row per continuation."""
+    options = [
+        ["The answer is yes", "The answer is no"],
+        ["Yes", "No"],
+        ["Final Score: 10", "Final Score: 100"],
+    ]
+    shared = [
+        _common_prefix([vlm.tokenizer(t, add_special_tokens=False)["input_ids"] for t in row])
+        for row in options
+    ]
+    assert len(shared[0]) >= 2 and shared[1] == [] and len(shared[2]) >= 2  # the test has power
+    for packs in (True, False):
+        vlm.packs_continuations = packs
+        try:
+            details = vlm.score_details(images, PROMPTS, options, batch_size=3)
+        finally:
+            vlm.packs_continuations = True
+        for b, row in enumerate(options):
+            for k, candidate in enumerate(row):
+                expected = reference_logprobs(vlm, [images[b]], PROMPTS[b], candidate)
+                torch.testing.assert_close(details.token_logprobs[b][k], expected, atol=ATOL, rtol=0)
 
 
 def test_one_row_per_continuation_equals_packed(vlm, images):

@@ -396,8 +396,14 @@ class VLM:
         rows, encoded = self._prepare(
             groups, texts, [max(len(t) for t in row) for row in token_ids], batch_size
         )
+        # The tokens all of a prompt's continuations start with ("Final Score: " before 0, 10, ...,
+        # 100) are scored once, as the end of the prompt, instead of once in every slot: the same
+        # log-probabilities from a shorter forward pass. Each continuation keeps at least one token.
+        shared = [_common_prefix(row) for row in token_ids]
+        rows = [_extended(row, prefix) for row, prefix in zip(rows, shared)]
+        rests = [[t[len(prefix) :] for t in row] for row, prefix in zip(token_ids, shared)]
         n_candidates = len(candidates[0])
-        longest = max(len(t) for row in token_ids for t in row)
+        longest = max(len(t) for row in rests for t in row)
         # A unit is one model row: a prompt with all its continuations in slots, or, for models
         # that cannot pack, one row per continuation.
         if longest == 1 or self.packs_continuations:
@@ -408,20 +414,25 @@ class VLM:
         with torch.inference_mode():
             for start in range(0, len(units), batch_size):
                 chunk = units[start : start + batch_size]
-                slots = [[token_ids[b][k][:-1] for k in ks] for b, ks in chunk]
+                slots = [[rests[b][k][:-1] for k in ks] for b, ks in chunk]
                 inputs, slot_len = self._batch([rows[b] for b, _ in chunk], encoded, slots)
-                keep = len(chunk[0][1]) * slot_len + 1  # the prompt's last position and every slot
+                m = max(len(shared[b]) for b, _ in chunk)  # the longest shared prefix in the chunk
+                keep = m + len(chunk[0][1]) * slot_len + 1  # shared prefixes, prompt end, slots
                 if "logits_to_keep" in self._forward_args:
                     inputs["logits_to_keep"] = keep
                 logits = self.model(**inputs, use_cache=False).logits[:, -keep:]
                 logp = torch.log_softmax(logits.float(), dim=-1)  # (rows, keep, vocab)
                 for i, (b, ks) in enumerate(chunk):
+                    # kept index m is the last prompt position (the prefix's last token); prefix
+                    # token t of n is predicted at kept index m - n + t
+                    n = len(shared[b])
+                    before = logp[i, [m - n + t for t in range(n)], shared[b]]
                     for j, k in enumerate(ks):
-                        tokens = token_ids[b][k]
-                        # token 0 is predicted at the prompt's last position (kept index 0), token
-                        # t > 0 at slot j's position t - 1 (kept index j * slot_len + t)
-                        where = [0] + [j * slot_len + t for t in range(1, len(tokens))]
-                        logprobs[b][k] = logp[i, where, tokens].cpu()
+                        tokens = rests[b][k]
+                        # token 0 is predicted at the prompt's last position, token t > 0 at slot
+                        # j's position t - 1 (kept index m + j * slot_len + t)
+                        where = [m] + [m + j * slot_len + t for t in range(1, len(tokens))]
+                        logprobs[b][k] = torch.cat([before, logp[i, where, tokens]]).cpu()
         return ContinuationScores(logprobs)
 
     @property
@@ -710,6 +721,23 @@ def _continuation_lists(continuations, n_prompts: int) -> list[list[str]]:
     if len(sizes) != 1 or 0 in sizes or not all(isinstance(t, str) for c in continuations for t in c):
         raise VLMInputError("every prompt needs the same number (> 0) of string continuations")
     return [list(c) for c in continuations]
+
+
+def _common_prefix(sequences: list[list[int]]) -> list[int]:
+    """The longest token prefix all sequences share, leaving every sequence at least one token."""
+    shortest = min(len(s) for s in sequences)
+    n = 0
+    while n < shortest - 1 and all(s[n] == sequences[0][n] for s in sequences):
+        n += 1
+    return list(sequences[0][:n])
+
+
+def _extended(row: _Row, tokens: list[int]) -> _Row:
+    """``row`` followed by plain text ``tokens`` (side inputs 0, as for text the model wrote)."""
+    if not tokens:
+        return row
+    types = {k: v + [0] * len(tokens) for k, v in row.token_types.items()}
+    return _Row(row.ids + list(tokens), types, row.images)
 
 
 def _slot_mask(valid: torch.Tensor, prompt_len: int, slot_len: int, dtype: torch.dtype) -> torch.Tensor:
