@@ -20,6 +20,7 @@ from selfcorrect.critics.tldr import (
     correct_caption,
     flagged_spans,
     load_head,
+    look_ahead,
     response_states,
     save_head,
     tokenize_response,
@@ -321,6 +322,47 @@ def test_batched_rewards_equal_single_and_logprobs_match_scoring(tiny):
     [states] = response_states(vlm, [red], ["Describe the image."], ["a red circle"])
     scored = vlm.score_details([red], ["Describe the image."], ["a red circle"]).token_logprobs[0][0]
     assert states.logprob[:, 0] == pytest.approx(scored, abs=1e-4)
+
+
+def test_look_ahead_reads_the_next_tokens_of_the_same_response_only():
+    x = torch.tensor([[1.0], [2.0], [3.0], [4.0], [5.0]])  # two responses: 2 tokens, then 3
+    got = look_ahead(x, [2, 3], 2)
+    # [own, next, next but one, flag next, flag next but one]
+    expected = torch.tensor(
+        [
+            [1.0, 2.0, 0.0, 1.0, 0.0],
+            [2.0, 0.0, 0.0, 0.0, 0.0],
+            [3.0, 4.0, 5.0, 1.0, 1.0],
+            [4.0, 5.0, 0.0, 1.0, 0.0],
+            [5.0, 0.0, 0.0, 0.0, 0.0],
+        ]
+    )
+    assert torch.equal(got, expected)
+    assert look_ahead(x, [5], 0) is x
+    with pytest.raises(ValueError, match="lengths"):
+        look_ahead(x, [2, 2], 1)
+
+
+def test_head_with_look_ahead_saves_reloads_and_reads_later_tokens(tiny, tmp_path):
+    _, vlm = tiny
+    head = TokenHead(32, "hidden+logprob", mlp=8, ahead=2)
+    assert head.in_features == (32 + 3) * 3 + 2
+    save_head(head, tmp_path / "head", backbone="world", threshold=0.5)
+    loaded, config = load_head(tmp_path / "head")
+    assert (loaded.ahead, config["ahead"]) == (2, 2)
+    torch.nn.init.normal_(loaded.net[0].weight, std=0.3)
+    critic = TldrCritic(vlm, loaded)
+    image = Image.new("RGB", (64, 64), (220, 30, 30))
+    one = critic.reward_tokens(image, "Describe the image.", "a red circle").rewards
+    other = critic.reward_tokens(image, "Describe the image.", "a blue circle").rewards
+    # "a" reads the next tokens too: the colour after it moves its reward
+    assert one[0] != pytest.approx(other[0], abs=1e-6)
+    own = TldrCritic(vlm, TokenHead(32, "hidden+logprob", mlp=8))  # TLDR's: the token's own state
+    assert own.reward_tokens(image, "Describe the image.", "a red circle").rewards[0] == pytest.approx(
+        own.reward_tokens(image, "Describe the image.", "a blue circle").rewards[0], abs=1e-5
+    )
+    with pytest.raises(ValueError, match="ahead"):
+        TokenHead(32, "hidden", ahead=-1)
 
 
 def test_bad_input_is_one_clear_error(tiny, tmp_path):

@@ -80,7 +80,9 @@ class TldrConfig:
     vqa_share: share of VQA answers among the pairs whose type allows one.
     features: the head's feature set (:data:`selfcorrect.critics.tldr.FEATURES`).
     mlp: hidden width of the head (0: TLDR's linear head).
-    ablations: other feature sets trained on the same cache and reported (not saved).
+    ahead: following tokens whose features each token's head input also has
+      (:func:`selfcorrect.critics.tldr.look_ahead`; 0: the token's own only, as in TLDR).
+    ablations: other ``(features, ahead)`` heads trained on the same cache and reported (not saved).
     steps / batch_tokens / lr / weight_decay: AdamW on random token batches, cosine decay to a tenth.
     extract_batch_size: pairs per backbone forward pass (2 responses each).
     num_workers: loader processes that build the pairs while the backbone runs.
@@ -95,7 +97,8 @@ class TldrConfig:
     vqa_share: float = 0.3
     features: str = "hidden+logprob"
     mlp: int = 0
-    ablations: tuple[str, ...] = ("hidden",)
+    ahead: int = 0
+    ablations: tuple[tuple[str, int], ...] = (("hidden", 0),)
     steps: int = 3000
     batch_tokens: int = 1024
     lr: float = 3e-3
@@ -112,6 +115,7 @@ class TldrConfig:
 PROFILES: dict[str, TldrConfig] = {
     # Seconds, for tests: learns nothing.
     "tiny": TldrConfig(
+        ahead=2,
         train_pairs=6,
         val_pairs=4,
         test_pairs=4,
@@ -124,14 +128,17 @@ PROFILES: dict[str, TldrConfig] = {
     ),
     # Minutes on 2 CPU cores with the world VLM. An MLP head: held-out token AUROC 0.871 vs
     # 0.821 for TLDR's linear head on the same cached features (world VLM of run 7;
-    # benchmarks/results/tldr_head_linear_vs_mlp.md).
-    "cpu": TldrConfig(mlp=256),
+    # benchmarks/results/tldr_head_linear_vs_mlp.md); reading the next 3 tokens too: 0.900 vs
+    # 0.867 (world VLM of run 9; benchmarks/results/tldr_look_ahead.md).
+    "cpu": TldrConfig(mlp=256, ahead=3, ablations=(("hidden+logprob", 0), ("hidden", 3))),
     # One GPU: ten times the data.
     "gpu": TldrConfig(
         train_pairs=40000,
         val_pairs=2000,
         test_pairs=4000,
         mlp=256,
+        ahead=3,
+        ablations=(("hidden+logprob", 0), ("hidden", 3)),
         steps=20000,
         batch_tokens=8192,
         lr=1e-3,
@@ -156,6 +163,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="override the profile's head training steps")
     p.add_argument("--features", default=None, help="hidden or hidden+logprob (default: the profile's)")
     p.add_argument("--mlp", type=int, default=None, help="head hidden width; 0 for a linear head")
+    p.add_argument(
+        "--ahead",
+        type=int,
+        default=None,
+        help="following tokens each token's head input also reads (default: the profile's; 0 as in TLDR)",
+    )
     p.add_argument(
         "--correction-examples", type=int, default=None, help="greedy captions corrected at the end"
     )
@@ -445,13 +458,17 @@ def backbone_fingerprint(vlm) -> str:
     return digest.hexdigest()[:16]
 
 
-def features_matrix(cache: dict, features: str):
-    """The head's inputs for every cached token: ``(T, D + FEATURES[features])`` float32."""
+def features_matrix(cache: dict, features: str, ahead: int = 0):
+    """The head's inputs for every cached token: ``(T, F)`` float32 (see
+    :func:`selfcorrect.critics.tldr.features_of`)."""
     import torch
 
-    if features == "hidden":
-        return cache["hidden"].float()
-    return torch.cat([cache["hidden"].float(), cache["logprob"]], dim=-1)
+    from selfcorrect.critics.tldr import look_ahead
+
+    x = cache["hidden"].float()
+    if features != "hidden":
+        x = torch.cat([x, cache["logprob"]], dim=-1)
+    return look_ahead(x, cache["lengths"], ahead)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -465,11 +482,13 @@ def train_head(
     config: TldrConfig,
     seed: int,
     *,
+    ahead: int | None = None,
     output_dir: Path | None = None,
     checkpoint_every: int = 0,
     progress: bool = False,
 ):
-    """Train a :class:`~selfcorrect.critics.tldr.TokenHead` on cached features.
+    """Train a :class:`~selfcorrect.critics.tldr.TokenHead` on cached features (``ahead``
+    following tokens in each input; default ``config.ahead``).
 
     Each step draws ``batch_tokens`` tokens at random (seeded by ``(seed, step, process)``, so a
     resumed run draws the same batches). With ``output_dir`` the run checkpoints every
@@ -484,9 +503,10 @@ def train_head(
     from selfcorrect.critics.tldr import TokenHead
     from selfcorrect.train.world_t2i import checkpoint_if_due, resume
 
-    x = features_matrix(cache, features)  # (T, F)
+    ahead = config.ahead if ahead is None else ahead
+    x = features_matrix(cache, features, ahead)  # (T, F)
     y = cache["labels"].long()  # (T,)
-    head = TokenHead(cache["hidden"].shape[1], features, config.mlp)
+    head = TokenHead(cache["hidden"].shape[1], features, config.mlp, ahead)
     head.set_normalisation(x)
     optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -510,7 +530,7 @@ def train_head(
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if output_dir is not None:
-            extra = {"features": features}
+            extra = {"features": features, "ahead": ahead}
             checkpoint_if_due(accelerator, output_dir, STAGE, step + 1, config.steps, checkpoint_every, extra)
     bar.close()
     return accelerator.unwrap_model(head).eval(), losses
@@ -520,7 +540,7 @@ def cached_rewards(head, cache: dict, device) -> list[list[float]]:
     """Per response, the head's rewards (P(correct)) of its cached tokens."""
     import torch
 
-    x = features_matrix(cache, head.features)
+    x = features_matrix(cache, head.features, head.ahead)
     with torch.inference_mode():
         rewards = torch.cat(
             [torch.sigmoid(head(x[i : i + 65536].to(device))).cpu() for i in range(0, len(x), 65536)]
@@ -553,7 +573,7 @@ def main(args: argparse.Namespace) -> Path:
     from selfcorrect.vision.vlm import VLM
 
     config = run_config(PROFILES, args.profile)
-    for name in ("train_pairs", "steps", "features", "mlp", "correction_examples"):
+    for name in ("train_pairs", "steps", "features", "mlp", "ahead", "correction_examples"):
         if getattr(args, name, None) is not None:
             setattr(config, name, getattr(args, name))
     args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -658,15 +678,15 @@ def main(args: argparse.Namespace) -> Path:
 
         # Ablations: other feature sets on the same cache (not saved, not checkpointed).
         record["ablations"] = {}
-        for features in config.ablations:
-            if features == config.features:
+        for features, ahead in config.ablations:
+            if (features, ahead) == (config.features, config.ahead):
                 continue
-            other, _ = train_head(accelerator, caches["train"], features, config, args.seed)
+            other, _ = train_head(accelerator, caches["train"], features, config, args.seed, ahead=ahead)
             t, _ = _calibrate(other, caches["val"], device)
             entry = _headline(evaluate_rewards(test, cached_rewards(other, caches["test"], device), t))
             if corrections:
                 entry["correction"] = correction_eval(TldrCritic(vlm, other, threshold=t), vlm, *corrections)
-            record["ablations"][features] = entry
+            record["ablations"][ablation_name(features, ahead)] = entry
         # Blind control: the same head on features of a blank image; what it still finds, it
         # finds from the text alone.
         if "blind-train" in caches:
@@ -945,6 +965,11 @@ def _holds(text: str, objects) -> bool:
         return False
 
 
+def ablation_name(features: str, ahead: int) -> str:
+    """How a head's inputs are named in the record and the model card: ``hidden+logprob, next 3``."""
+    return f"{features}, next {ahead}" if ahead else features
+
+
 def model_card(record: dict) -> str:
     """A short README for the head folder: what it is, how it was trained, what it scores."""
     t = record["test"]
@@ -983,7 +1008,7 @@ fixed, {c["broken"]} broken.
     )
     return f"""# tldr-head: a TLDR token-level reward head
 
-A per-token binary head ({record["config"]["features"]}, {"linear" if not record["config"]["mlp"] else "MLP " + str(record["config"]["mlp"])},
+A per-token binary head ({ablation_name(record["config"]["features"], record["config"].get("ahead", 0))}, {"linear" if not record["config"]["mlp"] else "MLP " + str(record["config"]["mlp"])},
 {record["head_parameters"]} parameters) on the frozen backbone `{record["backbone"]}`; load with
 `selfcorrect.critics.tldr.TldrCritic.from_pretrained(folder)`. Reward = P(token correct); a token
 is flagged below {record["threshold"]["chosen_on_val"]:.3f} (chosen on the val split).
@@ -1004,7 +1029,7 @@ world images with TLDR-style perturbations.
 
 Ablations (same data, threshold chosen on val):
 
-| features | token AUROC | response accuracy |
+| features (next tokens read) | token AUROC | response accuracy |
 |---|---:|---:|
 {ablations}
 {control}{correction}"""
