@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 
@@ -218,6 +219,12 @@ class TruthStepCritic:
     def critique_plain(self, image, question, steps, answer):
         return StepVerdict([True] * len(steps), [""] * len(steps), True)
 
+    def lookback(self, image, question, steps, answer):
+        """The trace: the verdict and the critique prompt (here the steps, one per line)."""
+        return SimpleNamespace(
+            verdict=self.critique_steps(image, question, steps, answer), prompt="\n".join(steps)
+        )
+
 
 class ProbabilityStepCritic:
     """Log-prob mode: LookBack gives wrong steps P(correct) 0.2 and right ones 0.8; the plain
@@ -234,6 +241,16 @@ class ProbabilityStepCritic:
         return StepVerdict(
             [True] * len(steps), [""] * len(steps), True, step_probabilities=[0.5] * len(steps)
         )
+
+    name = "lookback"
+    judged = 0
+
+    def judge(self, image, prompt, n_steps, critic):
+        """LookBack's judgement of the prompt :meth:`TruthStepCritic.lookback` filled in."""
+        self.judged += 1
+        steps = prompt.split("\n")
+        assert len(steps) == n_steps
+        return self.critique_steps(image, None, steps, None)
 
 
 class TableTldr:
@@ -266,19 +283,21 @@ def faked():
     chains = ce.reasoning_chains("test", 8)
     captions = ce.tldr_captions("test", 8)
     prompts = ce.select_prompts("test", 7)
+    logprob = ProbabilityStepCritic(chains)
     result = ce.run(
         "test",
         7,
         critics={"oracle": OracleCritic(), "constant": ConstantCritic(bad=prompts[2].prompt)},
         compare=("oracle", "missing"),
         step_critic=TruthStepCritic(chains),
-        step_logprob=ProbabilityStepCritic(chains),
+        step_logprob=logprob,
         tldr=TableTldr(captions),
         generate_fn=_generate,
         seeds=2,
         chains=8,
         progress=False,
     )
+    assert logprob.judged == 8 + 1  # LookBack's evidence was judged, not gathered again (+1: warm-up)
     return result, chains
 
 

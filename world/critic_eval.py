@@ -725,7 +725,9 @@ def evaluate_steps(
     Args:
         step_critic: the critic whose methods are ``lookback`` and ``plain``.
         logprob_critic: optionally a second one (log-prob mode) measured as ``lookback:logprob``
-            and ``plain:logprob``.
+            and ``plain:logprob``. Its LookBack judges the critique prompt that ``lookback``
+            filled in (the same greedy solve, questions and answers would be generated again), so
+            its ``seconds`` are the judgement's alone; a chain ``lookback`` failed on is done whole.
 
     Returns:
         ``(summary, records, failures)``: ``summary`` has ``chains``, ``steps``, ``wrong_steps``,
@@ -737,10 +739,25 @@ def evaluate_steps(
     """
     from tqdm.auto import tqdm
 
-    methods = {"lookback": step_critic.critique_steps, "plain": step_critic.critique_plain}
+    prompts: dict[int, str] = {}  # chain index -> LookBack's critique prompt with its evidence
+
+    def lookback(c: Chain):
+        trace = step_critic.lookback(c.image, c.question, c.steps, c.answer)
+        prompts[c.index] = trace.prompt
+        return trace.verdict
+
+    def lookback_logprob(c: Chain):
+        if c.index not in prompts:
+            return logprob_critic.critique_steps(c.image, c.question, c.steps, c.answer)
+        return logprob_critic.judge(c.image, prompts[c.index], len(c.steps), logprob_critic.name)
+
+    def plain(critic):
+        return lambda c: critic.critique_plain(c.image, c.question, c.steps, c.answer)
+
+    methods = {"lookback": lookback, "plain": plain(step_critic)}
     if logprob_critic is not None:
-        methods["lookback:logprob"] = logprob_critic.critique_steps
-        methods["plain:logprob"] = logprob_critic.critique_plain
+        methods["lookback:logprob"] = lookback_logprob
+        methods["plain:logprob"] = plain(logprob_critic)
     records = [
         {
             "index": c.index,
@@ -761,13 +778,13 @@ def evaluate_steps(
     failures = []
     for name, fn in methods.items():
         if chains:
-            _warm_up(fn, chains[0].image, chains[0].question, chains[0].steps, chains[0].answer)
+            _warm_up(fn, chains[0])
         flagged_steps, flagged_answers, unparsed, failed = [], [], 0, 0
         wrong, p_wrong = [], []  # the steps of chains with probabilities
         started = time.perf_counter()
         for c, record in zip(tqdm(chains, desc=name, disable=not progress), records):
             try:
-                verdict = fn(c.image, c.question, c.steps, c.answer)
+                verdict = fn(c)
             except Exception as e:
                 verdict = None
                 failed += 1
@@ -1208,7 +1225,12 @@ def markdown_report(result: dict) -> str:
             lines.append(f"| {_escape(name)} | pairs | {_fmt(p['pairs_per_second'])} |")
     if "skipped" not in steps:
         for name in _step_methods(steps):
-            lines.append(f"| {name} | chains | {_fmt(steps[name]['chains_per_second'])} |")
+            unit = (
+                "chains (the judgement alone: evidence from lookback)"
+                if name == "lookback:logprob"
+                else "chains"
+            )
+            lines.append(f"| {name} | {unit} | {_fmt(steps[name]['chains_per_second'])} |")
     modes = result["llava_modes"]
     if "skipped" not in modes:
         lines += [
