@@ -20,13 +20,13 @@ head (:class:`TokenHead`) is a linear layer (TLDR's, D + 1 parameters) or a smal
   *before* k and the token's output embedding); with a frozen backbone this is the cheapest way to
   give the head the VLM's own doubt. The training script records the ablation.
 
-and, with ``ahead=k`` (3 in the training profiles), the same features of the next ``k`` tokens of the
+and, with ``ahead=k`` (2 in the training profiles), the same features of the next ``k`` tokens of the
 response (:func:`look_ahead`). The backbone is causal, so its state at a token has not read what
 follows: at the colour word of a swapped binding ("a *blue* square and a red circle") it has not
 yet seen which shape the colour belongs to. TLDR's backbone is causal too but fine-tuned; ours is
 frozen, and the window is how the head reads the rest of the phrase. Held-out token AUROC on the
-run-9 world VLM's features: 0.867 with the token's own features, 0.900 with the next 3 tokens'
-(``benchmarks/results/tldr_look_ahead.md``).
+run-9 world VLM's features: 0.868 with the token's own features, 0.905 with the next 2 tokens'
+(the best window on val; 1-5 all give 0.896-0.905: ``benchmarks/results/tldr_look_ahead.md``).
 
 TLDR fine-tunes the backbone with LoRA (r=512); we freeze it, so that the backbone's features can
 be cached once per example and only the head is trained (minutes on a CPU), and so that the
