@@ -363,6 +363,10 @@ class VLM:
     ) -> torch.Tensor:
         """Log-probabilities of continuations after each prompt; no decoding.
 
+        One forward pass per batch: each prompt's continuations sit in slots after it that do
+        not see each other, and the tokens they all start with (``Final Score: `` of ``Final
+        Score: 0`` ... ``Final Score: 100``) are scored once, at the end of the prompt.
+
         Args:
             images: as for :meth:`chat`: one entry per prompt, or one image for all.
             prompts: B prompts (strings or conversations, as for :meth:`chat`), rendered with the
