@@ -98,7 +98,7 @@ VLM_SCENES, VLM_BAR = (
 )  # measured 0.794 (102 questions; the two previous weights 0.794, 0.745); under-trained
 GROUND_SCENES, GROUND_BAR = 20, 0.56  # recall of 56 objects: measured 0.643 (the previous weights 0.500)
 BOXED_SCENES, BOXED_BAR = 40, 0.87  # 54 relation questions from its boxes: measured 0.926 (previous 0.833)
-TLDR_CAPTIONS, TLDR_BAR = 40, 0.65  # token AUROC of the shipped head: measured 0.713 (0.84 on val)
+TLDR_CAPTIONS, TLDR_BAR = 40, 0.72  # token AUROC of the shipped head: measured 0.752 (the previous head, 0.713)
 
 
 def test_plain_open_clip_loads_the_shipped_world_clip_and_it_beats_hard_negatives():
