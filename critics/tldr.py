@@ -30,7 +30,7 @@ run-9 world VLM's features: 0.868 with the token's own features, 0.905 with the 
 
 TLDR fine-tunes the backbone with LoRA (r=512); we freeze it, so that the backbone's features can
 be cached once per example and only the head is trained (minutes on a CPU), and so that the
-shipped weights are the head alone (a few KB) plus the name of the backbone folder.
+shipped weights are the head alone (400 KB in fp16) plus the name of the backbone folder.
 
 **One forward pass per batch, each image encoded once.** :func:`response_states` renders
 ``(image, prompt)`` through the VLM's chat template with its generation prompt, appends the
@@ -232,8 +232,9 @@ class TokenHead(torch.nn.Module):
             (:func:`look_ahead`; 0 is TLDR's head, which reads the token's own state only).
 
     ``forward(x)``: ``x`` of shape ``(..., in_features)``, ``in_features = (D + FEATURES[features])
-    * (1 + ahead) + ahead`` -> logits of P(token correct), shape ``(...)``. The standardisation (``mean``, ``scale`` buffers) is set from the training
-    features by :meth:`set_normalisation` and saved with the weights.
+    * (1 + ahead) + ahead`` -> logits of P(token correct), shape ``(...)``. The standardisation
+    (``mean``, ``scale`` buffers) is set from the training features by :meth:`set_normalisation`
+    and saved with the weights.
     """
 
     def __init__(self, hidden_size: int, features: str = DEFAULT_FEATURES, mlp: int = 0, ahead: int = 0):

@@ -742,12 +742,14 @@ def evaluate_steps(
     prompts: dict[int, str] = {}  # chain index -> LookBack's critique prompt with its evidence
 
     def lookback(c: Chain):
+        if not hasattr(step_critic, "lookback"):  # a step critic without LookBack's trace
+            return step_critic.critique_steps(c.image, c.question, c.steps, c.answer)
         trace = step_critic.lookback(c.image, c.question, c.steps, c.answer)
         prompts[c.index] = trace.prompt
         return trace.verdict
 
     def lookback_logprob(c: Chain):
-        if c.index not in prompts:
+        if c.index not in prompts or not hasattr(logprob_critic, "judge"):
             return logprob_critic.critique_steps(c.image, c.question, c.steps, c.answer)
         return logprob_critic.judge(c.image, prompts[c.index], len(c.steps), logprob_critic.name)
 
