@@ -14,12 +14,11 @@ steps from right ones; if the evidence is read, the first beats the second.
 from __future__ import annotations
 
 import argparse
-import platform
 import random
 import time
 from pathlib import Path
 
-from selfcorrect.io import write_report
+from _report import machine_line, publish
 
 
 def probe(vlm, chains: int, seed: int = 1) -> dict:
@@ -61,8 +60,6 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
 
-    import torch
-
     from selfcorrect.vision.vlm import VLM
 
     started = time.perf_counter()
@@ -74,8 +71,7 @@ def main() -> None:
         "",
         f"`{command}`",
         "",
-        f"{platform.platform()}, torch {torch.__version__} (threads: {torch.get_num_threads()}), CPU; "
-        f"{time.perf_counter() - started:.0f} s. Step AUROC of P(incorrect) in log-prob mode, on "
+        f"{machine_line(started)} Step AUROC of P(incorrect) in log-prob mode, on "
         "training-style chains with the exact evidence bullets and without any.",
         "",
         "| VLM | chains | steps | wrong steps | AUROC with exact evidence | AUROC without |",
@@ -86,10 +82,7 @@ def main() -> None:
             f"| `{r['vlm']}` | {r['chains']} | {r['steps']} | {r['wrong_steps']} | "
             f"{r['auroc_evidence']:.3f} | {r['auroc_none']:.3f} |"
         )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.json:
-        write_report(args.json, {"command": command, "rows": rows}, text)
+    publish(lines, args.json, {"command": command, "rows": rows})
 
 
 if __name__ == "__main__":

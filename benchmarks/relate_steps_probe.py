@@ -17,13 +17,12 @@ order makes, then Yes / No. For every relation question of the first ``--scenes`
 from __future__ import annotations
 
 import argparse
-import platform
 import re
 import statistics
 import time
 from pathlib import Path
 
-from selfcorrect.io import write_report
+from _report import machine_line, publish
 
 OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 _LOOK = re.compile(
@@ -122,8 +121,6 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
 
-    import torch
-
     from selfcorrect.vision.vlm import VLM
 
     started = time.perf_counter()
@@ -136,8 +133,7 @@ def main() -> None:
         "",
         f"`{command}`",
         "",
-        f"{platform.platform()}, torch {torch.__version__} (threads: {torch.get_num_threads()}), CPU; "
-        f"{time.perf_counter() - started:.0f} s. Relation questions of val renders asked with "
+        f"{machine_line(started)} Relation questions of val renders asked with "
         "`Find both objects first.`; centre errors in shares of the image side, along the relation's axis.",
         "",
         "| VLM | questions | greedy: centre error (median) | within 0.05 | stated relation right | answer right "
@@ -153,10 +149,7 @@ def main() -> None:
             f"{f['answer_right_given_true_look']} ({f['yes_share_given_true_look']}) | "
             f"{r['grounding_centre_error_median']} |"
         )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.json:
-        write_report(args.json, {"command": command, "rows": rows}, text)
+    publish(lines, args.json, {"command": command, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
-from selfcorrect.io import write_report
+from _report import machine_line, publish
 
 
 def load_split(run: Path, split: str) -> dict:
@@ -49,7 +48,6 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
 
-    import torch
     from accelerate import Accelerator
 
     from selfcorrect.train import tldr as T
@@ -95,8 +93,7 @@ def main() -> None:
         "",
         f"`{command}`",
         "",
-        f"{platform.platform()}, torch {torch.__version__} (threads: {torch.get_num_threads()}), CPU; "
-        f"{time.perf_counter() - started:.0f} s. Head of the `{args.profile}` profile ({config.features}, "
+        f"{machine_line(started)} Head of the `{args.profile}` profile ({config.features}, "
         f"MLP {config.mlp}, {config.steps} steps, seed {args.seed}) on the features cached by "
         f"`{args.run}` (backbone `{json.loads((args.run / 'head' / 'config.json').read_text())['backbone']}`"
         f" as it was then); train / val / test responses (tokens): "
@@ -116,10 +113,7 @@ def main() -> None:
             + " | ".join(f"{r['token_auroc_by_kind'][k]:.3f}" for k in kinds)
             + " |"
         )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.json:
-        write_report(args.json, {"command": command, "data": data, "rows": rows}, text)
+    publish(lines, args.json, {"command": command, "data": data, "rows": rows})
 
 
 if __name__ == "__main__":

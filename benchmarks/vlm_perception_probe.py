@@ -15,12 +15,11 @@
 from __future__ import annotations
 
 import argparse
-import platform
 import random
 import time
 from pathlib import Path
 
-from selfcorrect.io import write_report
+from _report import machine_line, publish
 
 
 def readout(tower, images: int, generated: Path | None, seed: int = 7) -> dict:
@@ -113,8 +112,7 @@ def main() -> None:
         "",
         f"`{command}`",
         "",
-        f"{platform.platform()}, torch {torch.__version__} (threads: {torch.get_num_threads()}), CPU; "
-        f"{time.perf_counter() - started:.0f} s. Readout: held-out ridge accuracy of colour / shape from the tower's "
+        f"{machine_line(started)} Readout: held-out ridge accuracy of colour / shape from the tower's "
         "object patch tokens. Single objects: greedy answers about one rendered object.",
         "",
         "| model or tower | readout colour | readout shape | single object: colour | single object: shape |",
@@ -126,10 +124,7 @@ def main() -> None:
             f"| `{r['model']}` | {r['readout']['colour']:.3f} | {r['readout']['shape']:.3f} | "
             f"{single.get('colour', '–')} | {single.get('shape', '–')} |"
         )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.json:
-        write_report(args.json, {"command": command, "rows": rows}, text)
+    publish(lines, args.json, {"command": command, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -22,13 +22,12 @@ features, targets +-1).
 from __future__ import annotations
 
 import argparse
-import platform
 import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from selfcorrect.io import write_report
+from _report import machine_line, publish
 
 
 @dataclass
@@ -199,8 +198,6 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
 
-    import torch
-
     started = time.perf_counter()
     rows = [probe(folder, args.scenes, args.lone) for folder in args.vlm]
     command = "python benchmarks/vlm_relation_probe.py " + " ".join(
@@ -211,8 +208,7 @@ def main() -> None:
         "",
         f"`{command}`",
         "",
-        f"{platform.platform()}, torch {torch.__version__} (threads: {torch.get_num_threads()}), CPU; "
-        f"{time.perf_counter() - started:.0f} s. Held-out ridge accuracy (chance 0.5) of: A left of / above B "
+        f"{machine_line(started)} Held-out ridge accuracy (chance 0.5) of: A left of / above B "
         "from the two objects' centre image tokens as the LM receives them; the question's truth from the "
         "LM's state at the last prompt position, after each layer (0 = the embeddings). Greedy answers: on "
         "the test scenes, and on two objects alone, far apart.",
@@ -227,10 +223,7 @@ def main() -> None:
             f"{' / '.join(f'{v:.2f}' for v in r['answer_state_by_layer'])} | "
             f"{s['accuracy']:.3f} ({s['yes_share']:.2f}) | {lone['accuracy']:.3f} ({lone['yes_share']:.2f}) |"
         )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.json:
-        write_report(args.json, {"command": command, "rows": rows}, text)
+    publish(lines, args.json, {"command": command, "rows": rows})
 
 
 if __name__ == "__main__":
