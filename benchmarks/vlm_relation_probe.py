@@ -7,10 +7,13 @@ square?") the same way. This probe asks, for a VLM folder, how far the relation 
    language model receives (the projector's output, ``hidden_states[0]`` at the image positions)
    of the two objects' centre patches. High accuracy means the positions are there to compare.
 2. **Answer state**: a ridge readout of the yes/no truth of the question from the language model's
-   state at the last prompt position, per layer. Chance means the model never computes it.
-3. **Answers**: the greedy answers to the same questions (accuracy and share of "Yes"), and to the
-   same questions about two objects alone in the image, far apart (no clutter, no finding among
-   several).
+   state at the last prompt position, per layer. Chance means the model never computes it. Beside
+   it, the same readout of the **order** alone (whether A comes first along the asked axis, i.e.
+   the truth of the question asked with the axis's first word, "left of" / "above"): the half of
+   the answer that the question's word does not give.
+3. **Answers**: the greedy answers to the same questions (accuracy and share of "Yes"), split by
+   the word asked (the axis's first word, or its opposite), and to the same questions about two
+   objects alone in the image, far apart (no clutter, no finding among several).
 
 Readouts are fitted on 3/4 of the items and scored on the rest (closed-form ridge, standardised
 features, targets +-1).
@@ -106,6 +109,11 @@ def lone_pair_items(n: int, seed: int = 0) -> list[Item]:
     return items
 
 
+def _first_word(question: str) -> bool:
+    """Whether ``question`` asks the first word of its axis ("left of", "above")."""
+    return " left of " in question or " above " in question
+
+
 def _patch(box, grid: int) -> int:
     """Index (raster order) of the patch holding the box's centre."""
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
@@ -177,16 +185,20 @@ def probe(folder: str, scenes: int, lone: int) -> dict:
         out[f"input_{name}"] = ridge_accuracy(inputs[keep], truth)
     holds = [it.holds for it in items]
     out["answer_state_by_layer"] = [ridge_accuracy(layer, holds) for layer in last]
+    order = [it.holds == _first_word(it.question) for it in items]  # A first along the asked axis
+    out["order_state_by_layer"] = [ridge_accuracy(layer, order) for layer in last]
     vlm = VLM.from_pretrained(folder)
     for name, group in (("scenes", items), ("lone_pairs", lone_pair_items(lone))):
         answers = vlm.chat([it.image for it in group], [it.question for it in group], max_new_tokens=4)
+        right = [is_right(a, "Yes" if it.holds else "No") for a, it in zip(answers, group)]
         out[f"answers_{name}"] = {
             "n": len(group),
-            "accuracy": round(
-                sum(is_right(a, "Yes" if it.holds else "No") for a, it in zip(answers, group)) / len(group), 3
-            ),
+            "accuracy": round(sum(right) / len(group), 3),
             "yes_share": round(sum(is_right(a, "Yes") for a in answers) / len(group), 3),
         }
+        for word, label in ((True, "first_word"), (False, "opposite_word")):
+            mine = [r for r, it in zip(right, group) if _first_word(it.question) == word]
+            out[f"answers_{name}"][label] = round(sum(mine) / max(1, len(mine)), 3)
     return out
 
 
@@ -210,18 +222,23 @@ def main() -> None:
         "",
         f"{machine_line(started)} Held-out ridge accuracy (chance 0.5) of: A left of / above B "
         "from the two objects' centre image tokens as the LM receives them; the question's truth from the "
-        "LM's state at the last prompt position, after each layer (0 = the embeddings). Greedy answers: on "
-        "the test scenes, and on two objects alone, far apart.",
+        "LM's state at the last prompt position, after each layer (0 = the embeddings), and from the same "
+        "state whether A comes first along the asked axis (the order, without the word). Greedy answers: on "
+        "the test scenes (and split by the word asked: the axis's first word `left of` / `above`, or its "
+        "opposite), and on two objects alone, far apart.",
         "",
-        "| model | questions | input: left of | input: above | answer state by layer | answers: accuracy (Yes share) | lone pairs: accuracy (Yes share) |",
-        "|---|---:|---:|---:|---|---:|---:|",
+        "| model | questions | input: left of | input: above | answer state by layer | order state by layer "
+        "| answers: accuracy (Yes share) | first word / opposite | lone pairs: accuracy (Yes share) |",
+        "|---|---:|---:|---:|---|---|---:|---|---:|",
     ]
     for r in rows:
         s, lone = r["answers_scenes"], r["answers_lone_pairs"]
         lines.append(
             f"| `{r['model']}` | {r['questions']} | {r['input_left_of']:.3f} | {r['input_above']:.3f} | "
             f"{' / '.join(f'{v:.2f}' for v in r['answer_state_by_layer'])} | "
-            f"{s['accuracy']:.3f} ({s['yes_share']:.2f}) | {lone['accuracy']:.3f} ({lone['yes_share']:.2f}) |"
+            f"{' / '.join(f'{v:.2f}' for v in r['order_state_by_layer'])} | "
+            f"{s['accuracy']:.3f} ({s['yes_share']:.2f}) | {s['first_word']:.2f} / {s['opposite_word']:.2f} | "
+            f"{lone['accuracy']:.3f} ({lone['yes_share']:.2f}) |"
         )
     publish(lines, args.json, {"command": command, "rows": rows})
 

@@ -18,6 +18,7 @@ from selfcorrect.world.conversations import (
     reasons_of,
     score_of,
 )
+from selfcorrect.world.data import OPPOSITE
 from selfcorrect.world.grammar import parse_prompt
 from selfcorrect.world.render import render
 from selfcorrect.world.requirements import evaluate
@@ -157,6 +158,32 @@ def test_relate_answers_say_where_both_objects_are_and_whether_the_relation_hold
             assert (answer == "Yes") == (relation in relative_position(da.box, db.box)), (text, da, db)
             checked += 1
     assert checked >= 20 and 0.3 < yes / turns < 0.7  # Yes and No alike
+
+
+def test_relation_questions_mostly_use_the_first_word_and_agree_with_the_oracle():
+    # Checked against the oracle's reading of the image. The first word ("left of", "above") is
+    # asked ~80% of the time, and Yes and No stay balanced (both orders of a pair are asked).
+    ds = ConversationSet(400, seed=2, mix={"relation": 1.0})
+    question = re.compile(r"Is the (.+) (left of|right of|above|below) the (.+)\?")
+    checked = yes = first = turns = 0
+    for i in range(80):
+        e = ds[i]
+        seen = oracle.analyse(e.images[0])
+        clean = all(d.shape and d.colour and d.size for d in seen) and len({d.box for d in seen}) == len(seen)
+        for user, assistant in zip(e.messages[::2], e.messages[1::2]):
+            a, relation, b = question.fullmatch(user["content"][-1]["text"]).groups()
+            answer = assistant["content"][0]["text"]
+            assert answer in (P.YES, P.NO)
+            turns, yes, first = turns + 1, yes + (answer == P.YES), first + (relation in ("left of", "above"))
+            named = [[d for d in seen if _names(phrase, d)] for phrase in (a, b)]
+            if not clean or [len(n) for n in named] != [1, 1]:
+                continue
+            (da,), (db,) = named
+            holds = relative_position(da.box, db.box)
+            assert (answer == P.YES) == (relation in holds), (user, answer, da, db)
+            assert answer == P.YES or OPPOSITE[relation] in holds  # a clear no
+            checked += 1
+    assert checked >= 40 and 0.35 < yes / turns < 0.65 and 0.7 < first / turns < 0.9
 
 
 def _names(phrase: str, d) -> bool:

@@ -314,6 +314,25 @@ def test_run_agrees_with_an_oracle_critic(faked):
     assert result["pairwise"]["oracle/compare"]["sources"]["generated"]["accuracy"] == 1.0
     assert result["pairwise"]["oracle/score"]["sources"]["all"]["accuracy"] >= 0.9
     assert "missing/compare" not in result["pairwise"]
+    margin = result["pairwise"]["oracle/compare:margin"]["sources"]["all"]  # no probabilities: no verdict
+    assert margin["undecided"] == margin["n"] + margin["undecided"] > 0
+
+
+def test_margin_preference_leaves_the_tie_out():
+    def verdict(first, second, tie, unparsed=False):
+        p = {"first": first, "second": second, "tie": tie}
+        return PairwiseVerdict(
+            preference=None if unparsed else max(p, key=p.get),
+            confidence=None if unparsed else max(p.values()),
+            both_orders_agree=None,
+            probabilities=None if unparsed else p,
+            unparsed=unparsed,
+        )
+
+    assert ce.margin_preference(verdict(0.1, 0.3, 0.6)) == "second"  # "tie" is its verdict
+    assert ce.margin_preference(verdict(0.35, 0.05, 0.6)) == "first"
+    assert ce.margin_preference(verdict(0.2, 0.2, 0.6)) == "tie"
+    assert ce.margin_preference(verdict(0, 0, 0, unparsed=True)) is None
 
 
 def test_run_goes_on_past_a_bad_item(faked):

@@ -16,6 +16,8 @@ caption         a caption of the scene in one of the grammar's styles
 vqa             2-5 turns of world questions (existence, count, colour, shape, relation, where):
                 ``Yes`` / ``No`` / a digit / a colour / a shape / a relation
 ground          bounding boxes ``[x0, y0, x1, y1]`` (percent of the image side) or ``None``
+relation        (experimental, weight 0) 1-3 yes/no relation questions, most in the axis's first
+                word (``left of``, ``above``): see :data:`FIRST_WORD_SHARE`
 relate          (experimental, weight 0) a relation question asked to find both objects first:
                 both centres along the relation's axis, the relation they make, then ``Yes`` /
                 ``No`` (``From the left: the red circle at 18, the blue square at 70. The red
@@ -49,8 +51,10 @@ from PIL import Image
 
 from selfcorrect.critics import prompts as P
 from selfcorrect.world.data import (
+    NO,
     OPPOSITE,
     RELATION_QUESTION,
+    YES,
     _derive,
     _descriptions,
     _unique,
@@ -74,6 +78,7 @@ MIX: dict[str, float] = {
     "caption": 0.08,
     "vqa": 0.24,
     "ground": 0.14,
+    "relation": 0.0,  # experimental: --mix relation=0.15 turns it on
     "relate": 0.0,  # experimental (see critics.prompts.LOCATE_FIRST): --mix relate=0.2 turns it on
     "match": 0.08,
     "steps": 0.06,
@@ -86,6 +91,12 @@ MIX: dict[str, float] = {
     "fix_caption": 0.06,
 }
 TASKS: tuple[str, ...] = tuple(MIX)
+# In the ``relation`` task, the share of questions that use their axis's first word ("left of",
+# "above"). Asked with both words alike (as ``vqa`` does), the answer is an XOR of the word and of
+# which object comes first, so neither alone predicts it and gradient descent gets no start on
+# finding where the objects are; with one word dominant, the order alone predicts most answers.
+FIRST_WORD_SHARE = 0.8
+FIRST_WORDS = {"left of": "left of", "right of": "left of", "above": "above", "below": "above"}
 DEGRADED_SHARE = 0.3  # of the images of a rendered scene
 TEXTURE_MAX = 0.15
 _BOX = re.compile(r"\[\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*\]")
@@ -309,6 +320,24 @@ class ConversationSet:
             size, colour, shape = rng.choice(_descriptions(rng.choice(objects)))
             matching = [o.box for o in objects if _fits((size, colour, shape), o)]
             turns.append((grounding_prompt(_words((size, colour, shape))), grounding_answer(matching)))
+        return [image], turns
+
+    def _relation(self, rng):
+        for _ in range(20):
+            image, objects = self.scene_image(rng)
+            names, pairs = relation_pairs(objects)
+            if pairs:
+                break
+        else:
+            return self._vqa(rng)  # practically unreachable: most scenes hold two objects
+        turns = []
+        for _ in range(rng.randint(1, 3)):
+            i, j, rels = rng.choice(pairs)  # both orders are among the pairs: Yes and No alike
+            a, b = _words(rng.choice(names[i])), _words(rng.choice(names[j]))
+            first = FIRST_WORDS[rng.choice(sorted(rels))]  # an axis on which a relation holds
+            relation = first if rng.random() < FIRST_WORD_SHARE else OPPOSITE[first]
+            question = vqa_prompt(RELATION_QUESTION.format(a=a, relation=relation, b=b))
+            turns.append((question, answer_text(YES if relation in rels else NO)))
         return [image], turns
 
     def _relate(self, rng):

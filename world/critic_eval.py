@@ -15,7 +15,9 @@ training (the ``test`` split by default). What is measured:
    exactly what the CLIP critic's contrastive pass/fail asks about: its render numbers flatter
    it, its numbers on generated images do not.
 2. **Pairwise accuracy** on pairs of images of one prompt whose pass rates differ (the truth
-   prefers the higher): LLaVA-Critic's position-fair :meth:`compare` (both orders), and, for every
+   prefers the higher): LLaVA-Critic's position-fair :meth:`compare` (both orders), the same
+   comparisons read as LLaVA-Critic's DPO recipe reads them (``NAME/compare:margin``: the sign of
+   P(first) - P(second), the tie left out; :func:`margin_preference`), and, for every
    pointwise critic, the preference its two scores imply (:func:`preference_of`). A tie, where the
    truth has a preference, counts as wrong (:func:`pairwise_accuracy`). The pair order is shuffled
    with a fixed seed, so a judge that always says "first" scores about one half.
@@ -601,23 +603,43 @@ def pairwise_metrics(images: Sequence[JudgedImage], pairs, predicted: Sequence[s
 
 
 def compare_pairs(critic, images: Sequence[JudgedImage], pairs, *, progress: bool = True, desc: str = ""):
-    """``critic.compare`` on every pair; ``(preferences, unparsed, failures, seconds)``."""
+    """``critic.compare`` on every pair; ``(preferences, margins, unparsed, failures, seconds)``.
+
+    ``margins`` is the preference the sign of ``P(first) - P(second)`` gives (:func:`margin_preference`).
+    """
     from tqdm.auto import tqdm
 
-    preferences, failures, unparsed = [], [], 0
+    preferences, margins, failures, unparsed = [], [], [], 0
     started = time.perf_counter()
     for i, j, _ in tqdm(pairs, desc=desc, disable=not progress):
         try:
             verdict = critic.compare(images[i].image, images[j].image, images[i].prompt)
         except Exception as e:
             preferences.append(None)
+            margins.append(None)
             failures.append(
                 {"stage": desc, "item": f"{images[i].label()} vs seed {images[j].seed}", "error": _error(e)}
             )
             continue
         unparsed += bool(verdict.unparsed)
         preferences.append(verdict.preference)
-    return preferences, unparsed, failures, time.perf_counter() - started
+        margins.append(margin_preference(verdict))
+    return preferences, margins, unparsed, failures, time.perf_counter() - started
+
+
+def margin_preference(verdict) -> str | None:
+    """The preference of a pairwise verdict with its tie left out: ``"first"`` when its
+    ``P(first) > P(second)``, ``"second"`` when lower, ``"tie"`` when equal; None without
+    probabilities (unparsed).
+
+    This is what LLaVA-Critic's DPO recipe reads of a comparison (the sign of the margin
+    ``a_ij``, :func:`~selfcorrect.critics.llava_critic.comparison_margin`): a critic whose most
+    probable verdict is always "tie" can still order the pair by the rest of its probability.
+    """
+    probabilities = getattr(verdict, "probabilities", None)
+    if verdict.unparsed or not probabilities:
+        return None
+    return preference_of(probabilities[FIRST], probabilities[SECOND])
 
 
 def evaluate_image_critics(
@@ -662,7 +684,7 @@ def evaluate_image_critics(
             continue
         critic, (i, j, _) = critics[name], pairs[0]
         _warm_up(critic.compare, images[i].image, images[j].image, images[i].prompt)
-        preferences, unparsed, failed, seconds = compare_pairs(
+        preferences, margins, unparsed, failed, seconds = compare_pairs(
             critic, images, pairs, progress=progress, desc=f"{name} compare"
         )
         failures += failed
@@ -674,6 +696,8 @@ def evaluate_image_critics(
             "seconds": round(seconds, 3),
             "pairs_per_second": _rate(len(pairs), seconds),
         }
+        pair_predictions[f"{name}/compare:margin"] = margins
+        pairwise[f"{name}/compare:margin"] = {"sources": pairwise_metrics(images, pairs, margins)}
     return critic_results, pairwise, verdicts, pair_predictions, failures
 
 
@@ -999,8 +1023,8 @@ def run(
           ``passed`` and ``pairs``.
         * ``critics``: per name ``mode``, ``threshold``, ``sources`` (per source and ``all``: see
           :func:`image_metrics`), ``unparsed``, ``failed``, ``seconds``, ``images_per_second``.
-        * ``pairwise``: per judge (``NAME/score`` for every critic, ``NAME/compare`` for
-          ``compare``) ``sources`` (see :func:`pairwise_accuracy`); compare judges also
+        * ``pairwise``: per judge (``NAME/score`` for every critic, ``NAME/compare`` and
+          ``NAME/compare:margin`` for ``compare``) ``sources`` (see :func:`pairwise_accuracy`); compare judges also
           ``unparsed``, ``failed``, ``seconds``, ``pairs_per_second``.
         * ``llava_modes``: ``logprob_images_per_second``, ``generate_images_per_second``,
           ``speedup``, ``n``, ``score_gap``, ``pass_agreement``, ``generate_unparsed`` (or
