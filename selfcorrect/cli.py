@@ -235,7 +235,13 @@ def make_eval_parser(commands) -> None:
         "--chains",
         type=int,
         default=None,
-        help="reasoning chains for LookBack vs plain, and TLDR captions (default: --limit; 0: none)",
+        help="reasoning chains for LookBack vs plain (default: --limit; 0: none)",
+    )
+    p.add_argument(
+        "--captions",
+        type=int,
+        default=200,
+        help="captions for TLDR, half of them one-edit negatives (default: 200; 0: none)",
     )
     p.add_argument(
         "--critics",
@@ -618,7 +624,14 @@ def cmd_eval_critics(args) -> int:
     # 1. Check everything cheap before loading a model.
     if args.split not in SPLITS:
         raise SelfcorrectError(f"unknown split {args.split!r}; splits are {', '.join(SPLITS)}")
-    for name, least in (("limit", 1), ("batch_size", 1), ("seeds", 0), ("chains", 0), ("max_new_tokens", 1)):
+    for name, least in (
+        ("limit", 1),
+        ("batch_size", 1),
+        ("seeds", 0),
+        ("chains", 0),
+        ("captions", 0),
+        ("max_new_tokens", 1),
+    ):
         value = getattr(args, name)
         if value is not None and value < least:
             raise SelfcorrectError(f"--{name.replace('_', '-')} must be at least {least}, got {value}")
@@ -683,6 +696,7 @@ def cmd_eval_critics(args) -> int:
         generate_fn=generate_fn,
         seeds=args.seeds,
         chains=args.chains,
+        captions=args.captions,
     )
     result["model"] = {
         "vlm": None if vlm is None else args.vlm,

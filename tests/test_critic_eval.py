@@ -461,7 +461,8 @@ def test_cli_end_to_end_with_a_tiny_llava(tmp_path, capsys, tiny_clip, one_threa
     code, out, _ = run_cli(
         capsys,
         *("eval", "critics", "--vlm", str(model), "--clip", str(tiny_clip), "--limit", "2", "--seeds", "1"),
-        *("--chains", "2", "--max-new-tokens", "8", "--batch-size", "4", "--json", str(out_json)),
+        *("--chains", "2", "--captions", "4", "--max-new-tokens", "8", "--batch-size", "4"),
+        *("--json", str(out_json)),
     )
     assert code == 0 and "wrote" in out
     result = json.loads(out_json.read_text())
@@ -506,6 +507,7 @@ def test_cli_end_to_end_with_a_tiny_llava(tmp_path, capsys, tiny_clip, one_threa
         result["tldr"]["available"] in (True, False)
         and ("reason" in result["tldr"]) != result["tldr"]["available"]
     )
+    assert not result["tldr"]["available"] or result["tldr"]["captions"] == 4  # --captions, not --chains
     assert result["command"].startswith("selfcorrect eval critics") and result["model"]["device"] == "cpu"
     assert result["model"]["t2i"]["preset"] == "world" and result["machine"]["torch_threads"] >= 1
     md = out_json.with_suffix(".md").read_text()

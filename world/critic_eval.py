@@ -994,6 +994,7 @@ def run(
     generate_fn: GenerateFn | None = None,
     seeds: int = 2,
     chains: int | None = None,
+    captions: int | None = None,
     chunk: int = 32,
     canvas: int = 64,
     progress: bool = True,
@@ -1013,7 +1014,9 @@ def run(
         generate_fn: ``(prompts, seeds) -> images`` of a text-to-image model; None leaves the
             ``generated`` source out.
         seeds: generated images per prompt.
-        chains: reasoning chains (and TLDR captions); default ``limit``; 0 skips them.
+        chains: reasoning chains; default ``limit``; 0 skips them.
+        captions: TLDR captions (half true, half one-edit negatives); default ``chains``; 0 skips
+            them.
         chunk: images per critic call.
 
     Returns:
@@ -1090,12 +1093,13 @@ def run(
         result["steps"] = {"skipped": "no step critic given" if step_critic is None else "chains=0"}
 
     # 5. TLDR (hook).
-    if tldr is not None and chains > 0:
-        summary, failed = evaluate_tldr(tldr, tldr_captions(split, chains, canvas))
+    captions = chains if captions is None else captions
+    if tldr is not None and captions > 0:
+        summary, failed = evaluate_tldr(tldr, tldr_captions(split, captions, canvas))
         result["tldr"] = summary
         failures += failed
     else:
-        reason = "chains=0" if tldr is not None else tldr_note or "no TLDR critic given"
+        reason = "captions=0" if tldr is not None else tldr_note or "no TLDR critic given"
         result["tldr"] = {"available": False, "reason": reason}
 
     result["targets"] = {k: dict(v) for k, v in TARGETS.items()}
