@@ -3,9 +3,10 @@
 World reasoning chains (:func:`selfcorrect.world.conversations._chain`, about half with one wrong
 step, as the ``critique`` training task builds them) are judged with
 :class:`~selfcorrect.critics.lookback.LookBackCritic` in log-prob mode, once with the *exact*
-evidence bullets the training task shows (each step's visual question and its true answer) and
-once with none. The AUROC of P(incorrect) over the steps says how well the critique tells wrong
-steps from right ones; if the evidence is read, the first beats the second.
+evidence bullets the training task shows (the visual question that checks each step as shown,
+with its true answer: :meth:`~selfcorrect.world.conversations._Shown.evidence`) and once with
+none. The AUROC of P(incorrect) over the steps says how well the critique tells wrong steps from
+right ones; if the evidence is read, the first beats the second.
 
     python benchmarks/lookback_evidence_probe.py --vlm selfcorrect/weights/world-vlm \\
         --json benchmarks/results/lookback_evidence_probe.json
@@ -37,7 +38,7 @@ def probe(vlm, chains: int, seed: int = 1) -> dict:
         chain = _chain(list(item["scene"].objects), random.Random(f"lookback-probe:{i}"))
         shown, verdict = chain.with_errors(random.Random(f"lookback-probe:errors:{i}"))
         wrong += [not verdict[f"step_{k + 1}"]["correctness"] for k in range(len(shown.steps))]
-        bullets = "\n".join(f"* {s.query} - {s.query_answer}" for s in chain.steps if s.query)
+        bullets = shown.evidence()
         steps = "\n".join(f"Step {k + 1}: {t}" for k, t in enumerate(shown.steps))
         for name, evidence in (("evidence", P.EVIDENCE.format(bullets=bullets)), ("none", "")):
             prompt = P.CRITIQUE.format(

@@ -191,6 +191,40 @@ def _names(phrase: str, d) -> bool:
     return d.shape == shape and all(w in (d.colour, d.size) for w in attributes)
 
 
+def test_critique_evidence_checks_each_step_as_shown_and_answers_it_truly():
+    # LookBack asks about the steps it is shown, so a step naming the wrong colour is checked by
+    # a question about the colour it names, and the (true) answer contradicts it. The boxes in the
+    # bullets are checked against the oracle's reading of the image.
+    ds = ConversationSet(400, seed=4, mix={"critique": 1.0})
+    bullet = re.compile(r"^\* Find every (.+)\. Answer with bounding boxes\. - (.+)$", re.M)
+    with_evidence = swapped = checked = 0
+    for i in range(300):
+        e = ds[i]
+        asked = _texts(e)[0]
+        bullets = bullet.findall(asked)
+        if "* " not in asked:
+            continue
+        with_evidence += 1
+        seen = oracle.analyse(e.images[0])
+        clean = all(d.shape and d.colour and d.size for d in seen) and len({d.box for d in seen}) == len(seen)
+        verdict = json.loads(e.messages[-1]["content"][0]["text"])
+        steps = re.findall(r"^Step (\d+): (.+)$", asked, re.M)
+        for n, text in steps:
+            claim = re.fullmatch(r"There is an? (.+) at (\[[\d, ]+\])\.", text)
+            if not claim:
+                continue
+            answers = [a for phrase, a in bullets if phrase == claim.group(1)]
+            assert answers, (text, bullets)  # the object it names is looked for
+            if clean:
+                truth = [d.box for d in seen if _names(claim.group(1), d)]
+                found = parse_boxes(answers[0])
+                assert len(found) == len(truth), (text, answers[0], truth)
+                checked += 1
+            if not verdict[f"step_{n}"]["correctness"] and answers[0] == P.NO_BOXES:
+                swapped += 1  # a wrong colour: the evidence says there is no such object
+    assert with_evidence >= 100 and checked >= 100 and swapped >= 6
+
+
 def test_image_judgements_use_generated_images_and_their_oracle_labels():
     prompt = "a photo of two red circles"
     scene = sample_scene(parse_prompt("a photo of a red circle"), seed=4)

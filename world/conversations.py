@@ -96,6 +96,7 @@ TASKS: tuple[str, ...] = tuple(MIX)
 # which object comes first, so neither alone predicts it and gradient descent gets no start on
 # finding where the objects are; with one word dominant, the order alone predicts most answers.
 FIRST_WORD_SHARE = 0.8
+EVIDENCE_SHARE = 0.7  # critiques shown LookBack's evidence bullets; the rest are plain critiques
 FIRST_WORDS = {"left of": "left of", "right of": "left of", "above": "above", "below": "above"}
 DEGRADED_SHARE = 0.3  # of the images of a rendered scene
 TEXTURE_MAX = 0.15
@@ -380,19 +381,21 @@ class ConversationSet:
     def _queries(self, rng):
         image, objects = self.scene_image(rng)
         chain = _chain(objects, rng)
-        k = rng.randrange(len(chain.steps))
-        steps = "\n".join(f"Step {i + 1}: {s.text}" for i, s in enumerate(chain.steps[: k + 1]))
+        shown, _ = chain.with_errors(rng)  # LookBack schedules its questions for the chain it judges
+        k = rng.randrange(len(shown.steps))
+        steps = "\n".join(f"Step {i + 1}: {text}" for i, text in enumerate(shown.steps[: k + 1]))
         asked = P.VISUAL_QUERIES.format(question=chain.question, steps=steps)
-        return [image], [(asked, chain.steps[k].query or P.NOT_APPLICABLE)]
+        return [image], [(asked, shown.checks[k][0] or P.NOT_APPLICABLE)]
 
     def _critique(self, rng):
         image, objects = self.scene_image(rng)
         chain = _chain(objects, rng)
         shown, verdict = chain.with_errors(rng)
         evidence = ""
-        if rng.random() < 0.5:  # LookBack's synthesis step: the visual answers come along
-            bullets = [f"* {s.query} - {s.query_answer}" for s in chain.steps if s.query]
-            evidence = P.EVIDENCE.format(bullets="\n".join(bullets))
+        if rng.random() < EVIDENCE_SHARE:  # LookBack's synthesis step: the visual answers come along
+            # the questions that check the steps as shown, with their true answers: a wrong step
+            # meets an answer that contradicts it (another box, "None", another count)
+            evidence = P.EVIDENCE.format(bullets=shown.evidence())
         steps = "\n".join(f"Step {i + 1}: {text}" for i, text in enumerate(shown.steps))
         asked = P.CRITIQUE.format(
             question=chain.question, steps=steps, answer=shown.answer, evidence=evidence
@@ -484,19 +487,37 @@ class ConversationSet:
 
 @dataclass
 class _Step:
-    """One step of a chain: its text, a wrong version with the explanation, its LookBack check."""
+    """One step of a chain: its text, a wrong version with the explanation, its LookBack check
+    (the visual question and its true answer); ``wrong_query`` / ``wrong_query_answer`` when the
+    wrong version is checked by another question (it names another object), else None."""
 
     text: str
     wrong: str
     explanation: str
     query: str
     query_answer: str
+    wrong_query: str | None = None
+    wrong_query_answer: str | None = None
+
+    def check(self, wrong: bool) -> tuple[str, str]:
+        """The visual question that checks the step as shown, and its true answer."""
+        if wrong and self.wrong_query is not None:
+            return self.wrong_query, self.wrong_query_answer
+        return self.query, self.query_answer
 
 
 @dataclass
 class _Shown:
+    """A chain as shown: its steps, its answer, and per step the visual question LookBack would
+    ask of it with the true answer (``("", "")`` for a step with nothing to look at)."""
+
     steps: list[str]
     answer: str
+    checks: list[tuple[str, str]]
+
+    def evidence(self) -> str:
+        """LookBack's synthesis bullets for this chain, as :data:`P.EVIDENCE` wants them."""
+        return "\n".join(f"* {q} - {a}" for q, a in self.checks if q)
 
 
 @dataclass
@@ -516,16 +537,17 @@ class _Chain:
         wrong_step = rng.randrange(len(self.steps)) if rng.random() < 0.5 else None
         wrong_answer = wrong_step is not None and rng.random() < 0.5 or rng.random() < 0.1
         verdict: dict = {}
-        shown = []
+        shown, checks = [], []
         for i, step in enumerate(self.steps):
             bad = i == wrong_step
             shown.append(step.wrong if bad else step.text)
+            checks.append(step.check(bad))
             verdict[f"step_{i + 1}"] = {
                 "correctness": not bad,
                 "explanation": step.explanation if bad else "",
             }
         verdict["answer_correctness"] = not wrong_answer
-        return _Shown(shown, self.wrong_answer if wrong_answer else self.answer), verdict
+        return _Shown(shown, self.wrong_answer if wrong_answer else self.answer, checks), verdict
 
 
 def _chain(objects: list, rng: random.Random) -> _Chain:
@@ -647,12 +669,16 @@ def _object_step(obj, d, objects, rng) -> _Step:
     words = _words(d)
     article = "an" if words[0] in "aeiou" else "a"
     box = format_box(obj.box)
+    wrong_query = wrong_query_answer = None
     if rng.random() < 0.5 and d[1] is not None:
         others = [c for c in COLOURS if c != d[1] and not is_heldout_combo(c, obj.shape)]
         colour = rng.choice(others)
         wrong_words = _words((d[0], colour, d[2]))
         wrong = f"There is {'an' if wrong_words[0] in 'aeiou' else 'a'} {wrong_words} at {box}."
         explanation = f"the {obj.shape} at {box} is {d[1]}, not {colour}"
+        # LookBack checks the step it is shown: where is the object it names (mostly nowhere)?
+        wrong_query = grounding_prompt(wrong_words)
+        wrong_query_answer = grounding_answer([o.box for o in objects if _fits((d[0], colour, d[2]), o)])
     else:
         x0, y0, x1, y1 = obj.box
         dx = 0.35 if x0 < 0.5 else -0.35
@@ -666,6 +692,8 @@ def _object_step(obj, d, objects, rng) -> _Step:
         explanation,
         grounding_prompt(words),
         grounding_answer([o.box for o in objects if _fits(d, o)]),
+        wrong_query,
+        wrong_query_answer,
     )
 
 
