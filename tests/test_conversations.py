@@ -134,8 +134,7 @@ def test_relate_answers_say_where_both_objects_are_and_whether_the_relation_hold
     checked = yes = turns = 0
     for i in range(40):
         e = ds[i]
-        seen = oracle.analyse(e.images[0])
-        clean = all(d.shape and d.colour and d.size for d in seen) and len({d.box for d in seen}) == len(seen)
+        seen, clean = _reading(e.images[0])
         for user, assistant in zip(e.messages[::2], e.messages[1::2]):
             a, relation, b = question.fullmatch(user["content"][-1]["text"]).groups()
             text = assistant["content"][0]["text"]
@@ -168,8 +167,7 @@ def test_relation_questions_mostly_use_the_first_word_and_agree_with_the_oracle(
     checked = yes = first = turns = 0
     for i in range(80):
         e = ds[i]
-        seen = oracle.analyse(e.images[0])
-        clean = all(d.shape and d.colour and d.size for d in seen) and len({d.box for d in seen}) == len(seen)
+        seen, clean = _reading(e.images[0])
         for user, assistant in zip(e.messages[::2], e.messages[1::2]):
             a, relation, b = question.fullmatch(user["content"][-1]["text"]).groups()
             answer = assistant["content"][0]["text"]
@@ -184,6 +182,14 @@ def test_relation_questions_mostly_use_the_first_word_and_agree_with_the_oracle(
             assert answer == P.YES or OPPOSITE[relation] in holds  # a clear no
             checked += 1
     assert checked >= 40 and 0.35 < yes / turns < 0.65 and 0.7 < first / turns < 0.9
+
+
+def _reading(image):
+    """The oracle's objects in ``image`` and whether every one was read whole, each at its own box."""
+    seen = oracle.analyse(image)
+    return seen, all(d.shape and d.colour and d.size for d in seen) and len({d.box for d in seen}) == len(
+        seen
+    )
 
 
 def _names(phrase: str, d) -> bool:
@@ -205,8 +211,7 @@ def test_critique_evidence_checks_each_step_as_shown_and_answers_it_truly():
         if "* " not in asked:
             continue
         with_evidence += 1
-        seen = oracle.analyse(e.images[0])
-        clean = all(d.shape and d.colour and d.size for d in seen) and len({d.box for d in seen}) == len(seen)
+        seen, clean = _reading(e.images[0])
         verdict = json.loads(e.messages[-1]["content"][0]["text"])
         steps = re.findall(r"^Step (\d+): (.+)$", asked, re.M)
         for n, text in steps:

@@ -24,9 +24,11 @@ relate          (experimental, weight 0) a relation question asked to find both 
                 circle is left of the blue square. Yes.``)
 match           VQAScore's yes/no question about a prompt or a hard-negative caption
 steps           a step-by-step answer: ``Step 1: ...`` lines, then ``Answer: ...``
-queries         LookBack's visual questions that check the last step of a chain
-critique        VISCO's per-step JSON verdict on a chain (with injected errors), optionally
-                given LookBack's visual evidence
+queries         LookBack's visual questions that check the last step of a chain (which may be
+                wrong: a step naming the wrong colour is checked by a question about that colour)
+critique        VISCO's per-step JSON verdict on a chain (with injected errors), most of the time
+                (:data:`EVIDENCE_SHARE`) given LookBack's visual evidence: the questions that
+                check the steps as shown, with their true answers
 pointwise       LLaVA-Critic's pointwise verdict on an answer or caption: ``Final Score: N``
 pairwise        LLaVA-Critic's pairwise verdict on two answers: ``The better response: first``
 image_pointwise the pointwise verdict on an image against its text prompt
@@ -323,14 +325,20 @@ class ConversationSet:
             turns.append((grounding_prompt(_words((size, colour, shape))), grounding_answer(matching)))
         return [image], turns
 
-    def _relation(self, rng):
+    def _scene_with_pairs(self, rng):
+        """A scene (image, objects, names, pairs: :func:`relation_pairs`) with two objects in a
+        relation, in at most 20 draws; None when there was none (practically never)."""
         for _ in range(20):
             image, objects = self.scene_image(rng)
             names, pairs = relation_pairs(objects)
             if pairs:
-                break
-        else:
-            return self._vqa(rng)  # practically unreachable: most scenes hold two objects
+                return image, objects, names, pairs
+        return None
+
+    def _relation(self, rng):
+        if (found := self._scene_with_pairs(rng)) is None:
+            return self._vqa(rng)
+        image, objects, names, pairs = found
         turns = []
         for _ in range(rng.randint(1, 3)):
             i, j, rels = rng.choice(pairs)  # both orders are among the pairs: Yes and No alike
@@ -342,13 +350,9 @@ class ConversationSet:
         return [image], turns
 
     def _relate(self, rng):
-        for _ in range(20):
-            image, objects = self.scene_image(rng)
-            names, pairs = relation_pairs(objects)
-            if pairs:
-                break
-        else:
-            return self._vqa(rng)  # practically unreachable: most scenes hold two objects
+        if (found := self._scene_with_pairs(rng)) is None:
+            return self._vqa(rng)
+        image, objects, names, pairs = found
         turns = []
         for _ in range(rng.randint(1, 3)):
             i, j, rels = rng.choice(pairs)
