@@ -12,7 +12,8 @@ rarely check what the steps claim to *see*. LookBack revisits the image first (V
 3. **Verify.** Every distinct question is asked with the image (:data:`~.prompts.VERIFY`,
    "``{q}`` Answer briefly."), all in one batched chat call.
 4. **Synthesise.** The critique prompt (:data:`~.prompts.CRITIQUE`) gets the answers as
-   "Visual information" bullets ``* q - a`` (:data:`~.prompts.EVIDENCE`), and returns VISCO's JSON
+   "Visual information" bullets ``* Step i: q - a`` (:data:`~.prompts.EVIDENCE`; VISCO's bullets
+   do not name the step), and returns VISCO's JSON
    ``{"step_1": {"correctness": true, "explanation": ""}, ..., "answer_correctness": true}``.
 
 So a chain costs four calls (chat, or in log-prob mode three and one scoring call) whatever its
@@ -474,8 +475,8 @@ class LookBackCritic:
             start += len(qs)
         evidence = ""
         if flat:
-            bullets = "\n".join(f"* {q} - {a}" for q, a in zip(flat, flat_answers))
-            evidence = P.EVIDENCE.format(bullets=bullets)
+            per_step = [list(zip(asked, told)) for asked, told in zip(questions, answers)]
+            evidence = P.EVIDENCE.format(bullets=P.evidence_bullets(per_step))
         if self.with_reference:
             known = reference.answer if reference.answer is not None else _one_line(reference.raw)
             evidence += P.REFERENCE.format(answer=known or P.NOT_APPLICABLE)

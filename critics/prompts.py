@@ -82,7 +82,21 @@ CRITIQUE = (
     'Reply in JSON: {{"step_1": {{"correctness": true, "explanation": ""}}, ..., '
     '"answer_correctness": true}}'
 )
-EVIDENCE = "Visual information:\n{bullets}\n"  # "* question - answer" bullets, one per line
+EVIDENCE = "Visual information:\n{bullets}\n"  # EVIDENCE_BULLET lines
+# One visual question and its answer. VISCO's bullets are "* question - answer"; naming the step a
+# question checks lets a small critic find a step's evidence by its number, as it finds the step.
+EVIDENCE_BULLET = "* Step {step}: {question} - {answer}"
+
+
+def evidence_bullets(checks) -> str:
+    """EVIDENCE's bullets from ``checks``: per step (1, 2, ...), its (question, answer) pairs."""
+    return "\n".join(
+        EVIDENCE_BULLET.format(step=k + 1, question=q, answer=a)
+        for k, pairs in enumerate(checks)
+        for q, a in pairs
+    )
+
+
 NOT_APPLICABLE = "N/A"
 # LookBack's reference answer in the synthesis prompt (VISCO flags it as possibly wrong). It goes
 # in CRITIQUE's {evidence} slot after the bullets; the world VLM never saw it in training, so the

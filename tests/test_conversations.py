@@ -202,7 +202,7 @@ def test_critique_evidence_checks_each_step_as_shown_and_answers_it_truly():
     # a question about the colour it names, and the (true) answer contradicts it. The boxes in the
     # bullets are checked against the oracle's reading of the image.
     ds = ConversationSet(400, seed=4, mix={"critique": 1.0})
-    bullet = re.compile(r"^\* Find every (.+)\. Answer with bounding boxes\. - (.+)$", re.M)
+    bullet = re.compile(r"^\* Step (\d+): Find every (.+)\. Answer with bounding boxes\. - (.+)$", re.M)
     with_evidence = swapped = checked = 0
     for i in range(300):
         e = ds[i]
@@ -218,7 +218,7 @@ def test_critique_evidence_checks_each_step_as_shown_and_answers_it_truly():
             claim = re.fullmatch(r"There is an? (.+) at (\[[\d, ]+\])\.", text)
             if not claim:
                 continue
-            answers = [a for phrase, a in bullets if phrase == claim.group(1)]
+            answers = [a for k, phrase, a in bullets if k == n and phrase == claim.group(1)]
             assert answers, (text, bullets)  # the object it names is looked for
             if clean:
                 truth = [d.box for d in seen if _names(claim.group(1), d)]

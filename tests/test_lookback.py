@@ -79,7 +79,7 @@ VERDICT = {
 
 
 def _scripted():
-    evidence = f"Visual information:\n* {GROUND_Q} - [10, 10, 30, 30], [60, 60, 80, 80]\n* {COUNT_Q} - 2\n"
+    evidence = f"Visual information:\n* Step 1: {GROUND_Q} - [10, 10, 30, 30], [60, 60, 80, 80]\n* Step 2: {COUNT_Q} - 2\n"
     return ScriptedVLM(
         {
             f"{QUESTION} Think step by step.": "Step 1: There are two red circles.\nAnswer: 2",
@@ -138,7 +138,7 @@ def test_repeated_questions_are_verified_once_and_the_reference_is_optional():
     assert trace.questions == [[COUNT_Q, "Is it red?"]] * 2
     assert vlm.calls[2]["prompts"] == [f"{COUNT_Q} Answer briefly.", "Is it red? Answer briefly."]
     assert trace.prompt.endswith(
-        "* Is it red? - 2\nReference answer (it MAY OR MAY NOT be correct): 2\nReply in JSON: "
+        "* Step 2: Is it red? - 2\nReference answer (it MAY OR MAY NOT be correct): 2\nReply in JSON: "
         '{"step_1": {"correctness": true, "explanation": ""}, ..., "answer_correctness": true}'
     )
     assert trace.verdict.unparsed  # "2" is no JSON
@@ -173,7 +173,11 @@ def _split_critique(text):
     chain, rest = rest.split("\nAnswer: ", 1)
     answer, rest = rest.split("\n", 1)
     evidence = rest.split("Reply in JSON:")[0]
-    bullets = [line[2:].split(" - ", 1) for line in evidence.splitlines()[1:]]
+    bullets = []  # (question, answer) per bullet; each names its step, in order
+    for k, line in enumerate(evidence.splitlines()[1:]):
+        step, checked = line.removeprefix("* Step ").split(": ", 1)
+        assert int(step) == k + 1, line
+        bullets.append(checked.split(" - ", 1))
     return question, chain, answer, bullets
 
 

@@ -521,7 +521,7 @@ class _Shown:
 
     def evidence(self) -> str:
         """LookBack's synthesis bullets for this chain, as :data:`P.EVIDENCE` wants them."""
-        return "\n".join(f"* {q} - {a}" for q, a in self.checks if q)
+        return P.evidence_bullets([[check] if check[0] else [] for check in self.checks])
 
 
 @dataclass
