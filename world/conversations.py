@@ -98,6 +98,7 @@ TASKS: tuple[str, ...] = tuple(MIX)
 # which object comes first, so neither alone predicts it and gradient descent gets no start on
 # finding where the objects are; with one word dominant, the order alone predicts most answers.
 FIRST_WORD_SHARE = 0.8
+IMAGE_TIE_SHARE = 0.1  # image pairs drawn to tie (equal scores); the rest differ where 8 draws allow
 EVIDENCE_SHARE = 0.7  # critiques shown LookBack's evidence bullets; the rest are plain critiques
 FIRST_WORDS = {"left of": "left of", "right of": "left of", "above": "above", "below": "above"}
 DEGRADED_SHARE = 0.3  # of the images of a rendered scene
@@ -458,7 +459,13 @@ class ConversationSet:
     def _image_pairwise(self, rng):
         prompt = rng.choice(self.prompts)
         first = self._judged_image(rng, prompt, fail=rng.random() < 0.5)
-        second = self._judged_image(rng, first[2], fail=rng.random() < 0.5)
+        # two independent draws tie about 45% of the time (both pass), and a critic trained on that
+        # answers "tie" to every pair; the pairs it is asked about (and DPO's) mostly differ
+        tie = rng.random() < IMAGE_TIE_SHARE
+        for _ in range(8):
+            second = self._judged_image(rng, first[2], fail=rng.random() < 0.5)
+            if (score_of(second[1]) == score_of(first[1])) == tie:
+                break
         a, b = score_of(first[1]), score_of(second[1])
         verdict = P.TIE_IMAGES if a == b else P.BETTER_IMAGE + (P.FIRST if a > b else P.SECOND)
         reasons = f"First: {reasons_of(first[1])} Second: {reasons_of(second[1])}"
