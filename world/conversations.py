@@ -459,7 +459,7 @@ class ConversationSet:
     def _image_pairwise(self, rng):
         prompt = rng.choice(self.prompts)
         first = self._judged_image(rng, prompt, fail=rng.random() < 0.5)
-        # two independent draws tie about 45% of the time (both pass), and a critic trained on that
+        # two independent draws tie over half the time (both pass), and a critic trained on that
         # answers "tie" to every pair; the pairs it is asked about (and DPO's) mostly differ
         tie = rng.random() < IMAGE_TIE_SHARE
         for _ in range(8):
