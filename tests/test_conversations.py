@@ -187,9 +187,8 @@ def test_relation_questions_mostly_use_the_first_word_and_agree_with_the_oracle(
 def _reading(image):
     """The oracle's objects in ``image`` and whether every one was read whole, each at its own box."""
     seen = oracle.analyse(image)
-    return seen, all(d.shape and d.colour and d.size for d in seen) and len({d.box for d in seen}) == len(
-        seen
-    )
+    whole = all(d.shape and d.colour and d.size for d in seen)
+    return seen, whole and len({d.box for d in seen}) == len(seen)
 
 
 def _names(phrase: str, d) -> bool:
