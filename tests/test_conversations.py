@@ -231,7 +231,7 @@ def test_critique_evidence_checks_each_step_as_shown_and_answers_it_truly():
 
 def test_image_pairs_mostly_differ_and_the_verdict_agrees_with_the_oracle():
     # The critic is asked about pairs that differ (eval's pairs, DPO's); trained on independent
-    # draws, over half the pairs tied and it answered "tie" to all. Checked against the oracle's reading.
+    # draws, about half the pairs tied and it answered "tie" to all. Checked against the oracle's reading.
     ds = ConversationSet(200, seed=6, mix={"image_pairwise": 1.0})
     verdicts, checked = [], 0
     for i in range(60):

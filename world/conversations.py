@@ -459,7 +459,7 @@ class ConversationSet:
     def _image_pairwise(self, rng):
         prompt = rng.choice(self.prompts)
         first = self._judged_image(rng, prompt, fail=rng.random() < 0.5)
-        # two independent draws tie over half the time (both pass), and a critic trained on that
+        # two independent draws tie about half the time (both pass), and a critic trained on that
         # answers "tie" to every pair; the pairs it is asked about (and DPO's) mostly differ
         # (the model card's run 13, not kept, is the one run trained on these)
         tie = rng.random() < IMAGE_TIE_SHARE
