@@ -289,3 +289,30 @@ def test_evaluate_hard_negatives_reports_by_kind(trained):
     assert result == world_clip.evaluate_hard_negatives(
         model, preprocess, tokenizer, "test", limit=14, seed=3
     )
+
+
+def test_init_clip_starts_a_run_from_a_saved_model(trained, tmp_path):
+    import dataclasses
+
+    import open_clip
+
+    cfg = world_clip.model_config(world_clip.PROFILES["tiny"])
+    fresh, saved = open_clip.CLIP(**cfg), clip.load_world_clip(trained / "model").model
+    assert not all(
+        torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), saved.state_dict().values())
+    )
+    world_clip.init_from_clip(fresh, cfg, trained / "model")
+    for (name, a), b in zip(fresh.state_dict().items(), saved.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    # a saved model of other sizes is refused, naming what differs
+    other = world_clip.model_config(dataclasses.replace(world_clip.PROFILES["tiny"], text_layers=2))
+    with pytest.raises(SelfcorrectError, match="another config .*text_cfg"):
+        world_clip.init_from_clip(open_clip.CLIP(**other), other, trained / "model")
+    argv = ["--profile", "tiny", "--output-dir", str(tmp_path / "more"), "--no-progress"]
+    argv += ["--init-clip", str(trained / "model")]
+    with pytest.raises(SelfcorrectError, match="not both"):
+        world_clip.main(world_clip.parse_args([*argv, "--init-vision", str(tmp_path)]))
+    out = world_clip.main(world_clip.parse_args([*argv, "--lr", "1e-4", "--warmup", "2"]))
+    config = json.loads((out / "selfcorrect_training.json").read_text())["config"]
+    assert config["notes"]["init_clip"] == str(trained / "model")
+    assert (config["lr"], config["warmup"]) == (1e-4, 2)

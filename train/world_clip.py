@@ -22,6 +22,8 @@ Prompt categories can be drawn unevenly (``category_weights``): the ``cpu`` and 
 draw position prompts 4x as often as most categories and attribute-binding prompts 2x (single
 colours and negation, the easiest, half as often). ``--init-vision`` starts the image tower from a
 densely pretrained tower (:mod:`selfcorrect.train.world_vision`), which the shipped model did.
+``--init-clip`` starts the whole model from a saved world CLIP instead (its config must be the
+profile's), to train a finished model further on a fresh schedule (``--lr``, ``--warmup``).
 
 Usage::
 
@@ -179,6 +181,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="start the image tower from a tower saved by selfcorrect.train.world_vision (OUTPUT_DIR/tower)",
     )
+    p.add_argument(
+        "--init-clip",
+        type=Path,
+        default=None,
+        help="start the whole model from a saved world CLIP folder (e.g. selfcorrect/weights/world-clip) "
+        "of the profile's sizes, to train it further",
+    )
+    p.add_argument("--lr", type=float, default=None, help="override the profile's peak learning rate")
+    p.add_argument("--warmup", type=int, default=None, help="override the profile's warm-up steps")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument(
         "--num-workers", type=int, default=None, help="data loader processes (default: the profile's)"
@@ -493,9 +504,12 @@ def main(args: argparse.Namespace) -> Path | None:
     from tqdm.auto import tqdm
 
     config = run_config(PROFILES, args.profile)  # this run writes into its notes
-    for name in ("steps", "batch_size", "num_workers", "eval_limit"):
+    for name in ("steps", "batch_size", "num_workers", "eval_limit", "lr", "warmup"):
         if getattr(args, name, None) is not None:
             setattr(config, name, getattr(args, name))
+    init_clip, init_vision = getattr(args, "init_clip", None), getattr(args, "init_vision", None)
+    if init_clip is not None and init_vision is not None:
+        raise SelfcorrectError("give --init-clip or --init-vision, not both")
     args.output_dir.mkdir(parents=True, exist_ok=True)
     accelerator = Accelerator(mixed_precision=config.mixed_precision)
     set_seed(args.seed)
@@ -505,9 +519,13 @@ def main(args: argparse.Namespace) -> Path | None:
     name = _register(accelerator, args.output_dir, cfg)
     model, _, preprocess = open_clip.create_model_and_transforms(name)  # random init, fp32
     tokenizer = open_clip.get_tokenizer(name)
-    if getattr(args, "init_vision", None) is not None:
-        init_visual_from_tower(model, args.init_vision)  # a resumed run loads its checkpoint over it
-        config.notes["init_vision"] = str(args.init_vision)
+    # A resumed run loads its checkpoint over either initialisation.
+    if init_vision is not None:
+        init_visual_from_tower(model, init_vision)
+        config.notes["init_vision"] = str(init_vision)
+    if init_clip is not None:
+        init_from_clip(model, cfg, init_clip)
+        config.notes["init_clip"] = str(init_clip)
 
     # AdamW as open_clip trains: no weight decay on gains, biases and the temperature.
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "ln" in n or "logit_scale" in n]
@@ -619,6 +637,26 @@ def main(args: argparse.Namespace) -> Path | None:
         logger.info("saved %s", out)
     accelerator.wait_for_everyone()
     return out
+
+
+def init_from_clip(clip, cfg: dict, folder: Path) -> None:
+    """Load a saved world CLIP's weights (fp16 on disk, fp32 here) into ``clip``, in place.
+
+    Raises:
+        SelfcorrectError: the saved model's config is not ``cfg`` (other sizes would fail to
+            load anyway; this says which profile to use instead).
+    """
+    from selfcorrect.vision.clip import load_world_clip
+
+    folder = Path(folder)
+    loaded = load_world_clip(folder)  # clear errors for a missing or unreadable folder
+    saved = json.loads((folder / "open_clip_config.json").read_text())["model_cfg"]
+    if saved != cfg:
+        raise SelfcorrectError(
+            f"{folder} holds a CLIP of another config than this profile's; differing: "
+            + ", ".join(k for k in sorted(set(saved) | set(cfg)) if saved.get(k) != cfg.get(k))
+        )
+    clip.load_state_dict(loaded.model.state_dict())
 
 
 def init_visual_from_tower(clip, folder: Path) -> None:
