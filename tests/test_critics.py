@@ -345,9 +345,14 @@ def test_rank_answers_runs_every_ordered_pair_in_one_call():
 # ------------------------------------------------------------------------------- DSG questions
 
 
-def _yes_fake(p_yes: dict[str, float]) -> FakeVLM:
+def _yes_fake(p_yes: dict[str, float | dict[str, float]]) -> FakeVLM:
+    """P(yes) per yes/no question; for a multiple-choice question, P of each choice named (the
+    others 0)."""
+
     def logprob(images, prompt, continuation):
         p = p_yes[prompt]
+        if isinstance(p, dict):
+            return _log(p.get(continuation, 0.0))
         return _log(p if continuation == P.YES else 1 - p)
 
     return FakeVLM(logprob)
@@ -358,13 +363,13 @@ def test_decomposition_and_dependency_zeroing_by_hand():
         {
             "Is there a circle?": 0.9,
             "Is there a red circle?": 0.2,  # fails ...
-            "Are there exactly two red circles?": 0.95,  # ... so this child counts 0
+            "How many red circles are there?": {"2": 0.95, "3": 0.05},  # ... so this child counts 0
             "Is there a square?": 0.8,
             "Is there a blue square?": 0.7,
         }
     )
     verdict = VQACritic(fake).critique(RED, "two red circles and a blue square")
-    assert fake.calls == [("score", 5)]
+    assert fake.calls == [("score", 1), ("score", 4)]  # the count's digits, then yes/no
     assert verdict.score == pytest.approx((0.9 + 0.2 + 0.0 + 0.8 + 0.7) / 5)
     first, second = verdict.findings
     assert first.requirement == "exactly two red circles" and not first.passed and first.score == 0.0
@@ -385,10 +390,35 @@ def test_relations_depend_on_both_objects_and_negation_expects_no():
         "Is there a triangle?",
         "Is the circle left of the blue square?",
     ]
-    assert d.questions[3].expect_yes is False and d.questions[4].parents == (0, 2)
+    assert d.questions[3].expected == (P.NO,) and d.questions[4].parents == (0, 2)
     # square missing -> the relation is zeroed even though the VLM said yes to it
-    assert answer_scores(d, [0.9, 0.3, 0.9, 0.1, 0.99]) == pytest.approx([0.9, 0.3, 0.0, 0.9, 0.0])
-    assert answer_scores(d, [0.9, 0.9, 0.9, 0.1, 0.99]) == pytest.approx([0.9, 0.9, 0.9, 0.9, 0.99])
+    assert answer_scores(d, [0.9, 0.3, 0.9, 0.9, 0.99]) == pytest.approx([0.9, 0.3, 0.0, 0.9, 0.0])
+    assert answer_scores(d, [0.9, 0.9, 0.9, 0.9, 0.99]) == pytest.approx([0.9, 0.9, 0.9, 0.9, 0.99])
+
+
+def test_counts_are_asked_how_many_and_scored_by_the_digits_they_need():
+    d = decompose("exactly two red circles and at least three squares")
+    counts = [q for q in d.questions if q.kind == "count"]
+    assert [q.text for q in counts] == ["How many red circles are there?", "How many squares are there?"]
+    assert counts[0].expected == ("2",) and counts[1].expected == tuple("3456789")
+    assert [q.expected_text() for q in counts] == ["2", "3 or more"]
+    seen = {"2": 0.1, "3": 0.6, "4": 0.3}  # the VLM's answer to both "how many" questions
+    fake = _yes_fake(
+        {
+            "Is there a circle?": 0.9,
+            "Is there a red circle?": 0.9,
+            "How many red circles are there?": seen,
+            "Is there a square?": 0.9,
+            "How many squares are there?": seen,
+        }
+    )
+    verdict = VQACritic(fake).critique(RED, "exactly two red circles and at least three squares")
+    two, three = [q for q in verdict.details["questions"] if q["kind"] == "count"]
+    assert two["p_expected"] == pytest.approx(0.1) and three["p_expected"] == pytest.approx(0.9)
+    assert two["answers"]["3"] == pytest.approx(0.6) and sum(two["answers"].values()) == pytest.approx(1.0)
+    assert [f.passed for f in verdict.findings] == [False, True]
+    assert "How many red circles are there? P(2)=0.10" in verdict.findings[0].explanation
+    assert "P(3 or more)=0.90" in verdict.findings[1].explanation
 
 
 def test_prompts_outside_the_grammar_fall_back_to_vqascore():
@@ -420,9 +450,10 @@ def test_relations_from_boxes_use_the_vlms_grounding_and_the_worlds_rule():
     assert fake.calls == [("score", 6), ("chat", 4)]
     assert [q["kind"] for q in left.details["questions"]][-1] == "relation"
     # both squares are right of the circle (the second one also above it)
-    assert left.details["questions"][-1]["p_yes"] == 1.0 and left.findings[-1].passed
+    assert left.details["questions"][-1]["p_expected"] == 1.0 and left.findings[-1].passed
+    assert left.details["questions"][-1]["answers"] is None  # judged, not asked
     assert left.details["questions"][-1]["boxes"][1] == [[0.7, 0.4, 0.8, 0.5], [0.75, 0.1, 0.85, 0.2]]
-    assert right.details["questions"][-1]["p_yes"] == 0.0 and not right.findings[-1].passed
+    assert right.details["questions"][-1]["p_expected"] == 0.0 and not right.findings[-1].passed
     # the relation's finding is placed where its objects were found ...
     assert right.findings[-1].box == pytest.approx((0.1, 0.1, 0.85, 0.5))
     # ... so localising failed findings does not ask about it again (the others pass here)
@@ -432,10 +463,10 @@ def test_relations_from_boxes_use_the_vlms_grounding_and_the_worlds_rule():
     # one pair of two holds (the second square is above the circle): the world wants every pair
     where["square"] = "[70, 40, 80, 50], [12, 0, 22, 10]"
     verdict = VQACritic(fake, relations="boxes").critique(RED, prompts[0])
-    assert verdict.details["questions"][-1]["p_yes"] == 0.0 and not verdict.findings[-1].passed
+    assert verdict.details["questions"][-1]["p_expected"] == 0.0 and not verdict.findings[-1].passed
     where["square"] = "None"  # a group with no box: the relation cannot hold
     verdict = VQACritic(fake, relations="boxes").critique(RED, prompts[0])
-    assert verdict.details["questions"][-1]["p_yes"] == 0.0
+    assert verdict.details["questions"][-1]["p_expected"] == 0.0
     with pytest.raises(ValueError, match="relations must be one of"):
         VQACritic(fake, relations="guess")
 
@@ -495,7 +526,7 @@ def test_vqa_critic_on_a_real_model_class(tiny_vlm):
     for q, r in zip(before, after):
         assert ("boxes" in r) == (q["kind"] == "relation")
         if q["kind"] != "relation":
-            assert r["p_yes"] == pytest.approx(q["p_yes"], abs=1e-5)
+            assert r["p_expected"] == pytest.approx(q["p_expected"], abs=1e-5)
     p = vqascore(tiny_vlm, [RED, BLUE], ["a red circle", "a red circle"])
     assert p.shape == (2,) and bool(((p > 0) & (p < 1)).all())
     assert verdicts[2].score == pytest.approx(
