@@ -21,7 +21,7 @@ Additions to CLIP's loss, all because CLIP's weakness is binding attributes and 
 Prompt categories can be drawn unevenly (``category_weights``): the ``cpu`` and ``gpu`` profiles
 draw position prompts 4x as often as most categories and attribute-binding prompts 2x (single
 colours and negation, the easiest, half as often). ``--init-vision`` starts the image tower from a
-densely pretrained tower (:mod:`selfcorrect.train.world_vision`), which the shipped model did.
+densely pretrained tower (:mod:`selfcorrect.train.world_vision`), as the shipped model's first run did.
 ``--init-clip`` starts the whole model from a saved world CLIP instead (its config must be the
 profile's), to train a finished model further on a fresh schedule (``--lr``, ``--warmup``).
 
@@ -142,7 +142,8 @@ PROFILES: dict[str, ClipConfig] = {
         num_workers=0,
         eval_limit=7,
     ),
-    # 2 idle CPU cores, ~1 s a step; the shipped model, with --init-vision (a world_vision tower).
+    # 2 idle CPU cores, ~1 s a step; the shipped model, with --init-vision (a world_vision tower),
+    # then 2400 more steps from that model (--init-clip, --lr 5e-4): see the model card.
     # Relations and binding are what CLIP learns last, so position prompts are drawn 4x as often
     # and attribute binding 2x, each image gets 8 hard negatives, and the text tower is taught to
     # tell a caption from its hard negatives (text_separation_loss).
