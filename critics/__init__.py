@@ -52,15 +52,17 @@ def build_llava_critic(*, vlm=None, device: str = "cpu", **options):
 def build_vqa_critic(*, vlm=None, device: str = "cpu", **options):
     """:class:`~selfcorrect.critics.vqa.VQACritic`; ``vlm`` as for :func:`build_llava_critic`.
 
-    The world VLM finds objects but does not answer relation questions (its model card), so its
-    relations are judged from its boxes (``relations="boxes"``) unless ``relations=`` is given;
-    any other VLM is asked them."""
+    The world VLM finds objects but does not answer relation questions (its model card) and is
+    less sure of sizes than of its boxes, so its relations and sizes are judged from its boxes
+    (``relations="boxes"``, ``sizes="boxes"``) unless ``relations=`` / ``sizes=`` is given; any
+    other VLM is asked them."""
     from selfcorrect.critics.vqa import VQACritic
     from selfcorrect.vision.vlm import WORLD
 
     vlm = _vlm(vlm, device)
     if getattr(vlm, "name", None) == WORLD:
         options.setdefault("relations", "boxes")
+        options.setdefault("sizes", "boxes")
     return VQACritic(vlm, **options)
 
 

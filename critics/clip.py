@@ -58,8 +58,8 @@ class ClipCritic:
         contrast: score each prompt's one-edit variants too (pass/fail without a threshold, and
             what looks wrong); off, a prompt costs one text encoding instead of ~10-30.
         tolerance: how much higher (in cosine) than the prompt the best variant may score before
-            the image fails. The default, 0.05, is the middle of the plateau of pass/fail accuracy
-            on the val split with the world CLIP (0.04-0.07: 0.89-0.90; 0: 0.80), measured by
+            the image fails. The default, 0.05, gives the world CLIP its best pass/fail accuracy on
+            the val split (0.90; 0.89-0.90 from 0.04 to 0.09, 0.83 at 0), measured by
             ``benchmarks/clip_pass_tolerance.py``; another CLIP needs its own.
         prefix: text put before every prompt (``"A photo depicts "`` in the reference CLIPScore).
         batch_size: images or texts per forward pass.

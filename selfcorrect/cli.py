@@ -654,9 +654,12 @@ def cmd_eval_critics(args) -> int:
             vlm=vlm, mode="generate", batch_size=args.batch_size, **generating
         )
     if "vqa" in wanted:
-        critics["vqa"] = CRITICS["vqa"](vlm=vlm, relations="ask", batch_size=args.batch_size)
-        # the same questions, relations judged from the VLM's boxes instead of asked
-        critics["vqa:boxes"] = CRITICS["vqa"](vlm=vlm, relations="boxes", batch_size=args.batch_size)
+        # every question asked (the builder judges the world VLM's relations and sizes from boxes)
+        critics["vqa"] = CRITICS["vqa"](vlm=vlm, relations="ask", sizes="ask", batch_size=args.batch_size)
+        # the same questions, relations and sizes judged from the VLM's boxes instead of asked
+        critics["vqa:boxes"] = CRITICS["vqa"](
+            vlm=vlm, relations="boxes", sizes="boxes", batch_size=args.batch_size
+        )
     if "clip" in wanted:
         clip, note = _optional_clip(args.clip, args.device)
         if clip is None:

@@ -471,6 +471,35 @@ def test_relations_from_boxes_use_the_vlms_grounding_and_the_worlds_rule():
         VQACritic(fake, relations="guess")
 
 
+def test_sizes_from_boxes_find_the_object_without_its_size_and_apply_the_worlds_rule():
+    fake = _yes_fake({"Is there a circle?": 0.9, "Is there a square?": 0.9, "Is there a blue square?": 0.9})
+    # a red circle 0.30 wide (large by the world's rule, side >= 0.23) and one 0.15 wide (small)
+    where = {"red circle": "[10, 10, 40, 40], [60, 60, 75, 75]", "square": "[5, 60, 20, 75]"}
+    fake.reply = lambda images, prompt: where[prompt[len("Find every ") : prompt.index(".")]]
+    prompts = ["a small red circle", "a large red circle", "a small square and a blue square"]
+    small, large, squares = VQACritic(fake, sizes="boxes").critique_many([RED] * 3, prompts)
+    # the sized questions are never asked: the unsized objects are found, once per image
+    assert fake.calls == [("score", 5), ("chat", 3)]
+    assert small.details["questions"][1]["p_expected"] == 1.0 and small.passed
+    assert small.details["questions"][1]["answers"] is None
+    assert small.details["questions"][1]["boxes"] == [[[0.1, 0.1, 0.4, 0.4], [0.6, 0.6, 0.75, 0.75]]]
+    assert large.details["questions"][1]["p_expected"] == 1.0
+    # the only square is small; the blue square (no size) is still asked
+    assert [q["kind"] for q in squares.details["questions"]] == ["entity", "attribute", "entity", "attribute"]
+    assert squares.findings[0].passed and squares.details["questions"][3]["answers"] is not None
+    where["square"] = "[5, 5, 45, 45]"  # now large: "a small square" fails, placed where it was found
+    squares = VQACritic(fake, sizes="boxes").critique(RED, prompts[2])
+    assert not squares.findings[0].passed and squares.findings[0].box == pytest.approx(
+        (0.05, 0.05, 0.45, 0.45)
+    )
+    where["red circle"] = "None"
+    assert (
+        VQACritic(fake, sizes="boxes").critique(RED, prompts[0]).details["questions"][1]["p_expected"] == 0.0
+    )
+    with pytest.raises(ValueError, match="sizes must be one of"):
+        VQACritic(fake, sizes="guess")
+
+
 # ----------------------------------------------------------------------- tiny LLaVA: plumbing
 
 

@@ -427,15 +427,15 @@ def test_a_clip_critic_shares_the_loop_detectors_clip(critic, monkeypatch):
         assert corrector.critic.model is corrector.detector.model
 
 
-def test_the_vqa_critic_judges_the_world_vlms_relations_from_its_boxes(tmp_path):
+def test_the_vqa_critic_judges_the_world_vlms_relations_and_sizes_from_its_boxes(tmp_path):
     """The world VLM does not answer relation questions but finds objects (its model card), so the
-    loop's VQA critic judges its relations from boxes; any other VLM is asked them."""
+    loop's VQA critic judges its relations and sizes from boxes; any other VLM is asked them."""
     from selfcorrect.diffusion.runner import Corrector
     from selfcorrect.vision.testing import build_tiny_vlm
 
     world = Corrector.build(None, critic="vqa", detector="clip-proposals")
-    assert world.critic.relations == "boxes"
+    assert (world.critic.relations, world.critic.sizes) == ("boxes", "boxes")
     other = Corrector.build(
         None, critic="vqa", detector="clip-proposals", vlm=str(build_tiny_vlm("llava", tmp_path))
     )
-    assert other.critic.relations == "ask"
+    assert (other.critic.relations, other.critic.sizes) == ("ask", "ask")
