@@ -340,6 +340,7 @@ class VQACritic:
             mine = [i for i, q in enumerate(d.questions) if q.requirement == r]
             lines = [
                 f"{d.questions[i].text} P({d.questions[i].expected_text()})={p_expected[i]:.2f}"
+                + (" (from the VLM's boxes)" if answers[i] is None else "")
                 + (" (a question it depends on failed)" if _zeroed(d, scores, i) else "")
                 for i in mine
             ]

@@ -492,6 +492,7 @@ def test_sizes_from_boxes_find_the_object_without_its_size_and_apply_the_worlds_
     assert not squares.findings[0].passed and squares.findings[0].box == pytest.approx(
         (0.05, 0.05, 0.45, 0.45)
     )
+    assert "Is there a small square? P(Yes)=0.00 (from the VLM's boxes)" in squares.findings[0].explanation
     where["red circle"] = "None"
     assert (
         VQACritic(fake, sizes="boxes").critique(RED, prompts[0]).details["questions"][1]["p_expected"] == 0.0
