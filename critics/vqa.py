@@ -279,7 +279,8 @@ class VQACritic:
         return self.critique_many([image], [prompt])[0]
 
     def critique_many(self, images: Sequence, prompts: Sequence[str]) -> list[ImageVerdict]:
-        """:meth:`critique` for B (image, prompt) pairs: all questions in one batched call."""
+        """:meth:`critique` for B (image, prompt) pairs: one batched scoring call per set of
+        choices (yes/no, digits) and one batched generation for what is judged from boxes."""
         if len(images) != len(prompts) or not prompts:
             raise ValueError(f"give one prompt per image; got {len(images)} images, {len(prompts)} prompts")
         decompositions = [decompose(p) for p in prompts]
