@@ -394,6 +394,9 @@ def test_relations_depend_on_both_objects_and_negation_expects_no():
     # square missing -> the relation is zeroed even though the VLM said yes to it
     assert answer_scores(d, [0.9, 0.3, 0.9, 0.9, 0.99]) == pytest.approx([0.9, 0.3, 0.0, 0.9, 0.0])
     assert answer_scores(d, [0.9, 0.9, 0.9, 0.9, 0.99]) == pytest.approx([0.9, 0.9, 0.9, 0.9, 0.99])
+    # "no triangles" is satisfied by the answer No: P(yes) 0.1 scores 0.9
+    absent = VQACritic(_yes_fake({"Is there a triangle?": 0.1})).critique(RED, "no triangles")
+    assert absent.score == pytest.approx(0.9) and absent.details["questions"][0]["expected"] == P.NO
 
 
 def test_counts_are_asked_how_many_and_scored_by_the_digits_they_need():
