@@ -395,8 +395,10 @@ def test_relations_depend_on_both_objects_and_negation_expects_no():
     assert answer_scores(d, [0.9, 0.3, 0.9, 0.9, 0.99]) == pytest.approx([0.9, 0.3, 0.0, 0.9, 0.0])
     assert answer_scores(d, [0.9, 0.9, 0.9, 0.9, 0.99]) == pytest.approx([0.9, 0.9, 0.9, 0.9, 0.99])
     # "no triangles" is satisfied by the answer No: P(yes) 0.1 scores 0.9
-    absent = VQACritic(_yes_fake({"Is there a triangle?": 0.1})).critique(RED, "no triangles")
-    assert absent.score == pytest.approx(0.9) and absent.details["questions"][0]["expected"] == P.NO
+    fake = _yes_fake({"Is there a circle?": 0.7, "Is there a triangle?": 0.1})
+    absent = VQACritic(fake).critique(RED, "a circle and no triangles")
+    assert [q["score"] for q in absent.details["questions"]] == pytest.approx([0.7, 0.9])
+    assert absent.details["questions"][1]["expected"] == P.NO and absent.findings[1].passed
 
 
 def test_counts_are_asked_how_many_and_scored_by_the_digits_they_need():
