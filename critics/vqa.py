@@ -326,7 +326,7 @@ class VQACritic:
                     boxes = [found[n, p] for p in self._phrases(q, d)]
                     record["boxes"] = [[list(b) for b in group] for group in boxes]
                     finding = verdicts[-1].findings[q.requirement]
-                    finding.box = enclosing([b for group in boxes for b in group]) or finding.box
+                    finding.box = enclosing([b for group in boxes for b in group])
             start += count
         if self.ground:
             self._localise(list(images), decompositions, verdicts)

@@ -647,11 +647,11 @@ def init_from_clip(clip, cfg: dict, folder: Path) -> None:
         SelfcorrectError: the saved model's config is not ``cfg`` (other sizes would fail to
             load anyway; this says which profile to use instead).
     """
-    from selfcorrect.vision.clip import load_world_clip
+    from selfcorrect.vision.clip import HUB_CONFIG, load_world_clip
 
     folder = Path(folder)
     loaded = load_world_clip(folder)  # clear errors for a missing or unreadable folder
-    saved = json.loads((folder / "open_clip_config.json").read_text())["model_cfg"]
+    saved = json.loads((folder / HUB_CONFIG).read_text())["model_cfg"]
     if saved != cfg:
         raise SelfcorrectError(
             f"{folder} holds a CLIP of another config than this profile's; differing: "
