@@ -60,16 +60,18 @@ def main() -> None:
         images = result["critics"][name]["sources"]
         pairs = result["pairwise"][f"{name}/score"]["sources"]
         rows[name] = {
-            source: {
-                "images": images[source]["images"],
-                "pass_fail": images[source]["accuracy"],
-                "spearman": images[source]["spearman"],
-                "pairs": pairs.get(source, {}).get("n"),
-                "pairwise": pairs.get(source, {}).get("accuracy"),
-            }
-            for source in images
+            "sources": {
+                source: {
+                    "images": images[source]["images"],
+                    "pass_fail": images[source]["accuracy"],
+                    "spearman": images[source]["spearman"],
+                    "pairs": pairs.get(source, {}).get("n"),
+                    "pairwise": pairs.get(source, {}).get("accuracy"),
+                }
+                for source in images
+            },
+            "images_per_second": result["critics"][name]["images_per_second"],
         }
-        rows[name]["images_per_second"] = result["critics"][name]["images_per_second"]
     command = f"python benchmarks/vqa_boxes.py --split {args.split} --limit {args.limit} --seeds {args.seeds}"
     command += f" --vlm {args.vlm}" if args.vlm != "world" else ""
     lines = [
@@ -84,11 +86,9 @@ def main() -> None:
         "| variant | images | pass/fail | Spearman | pairs | pairwise | images/s |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
-    for name, by_source in rows.items():
-        for source, r in by_source.items():
-            if source == "images_per_second":
-                continue
-            speed = f"{by_source['images_per_second']:.1f}" if source == "all" else ""
+    for name, row in rows.items():
+        for source, r in row["sources"].items():
+            speed = f"{row['images_per_second']:.1f}" if source == "all" else ""
             lines.append(
                 f"| {name} | {source} ({r['images']}) | {_f(r['pass_fail'])} | {_f(r['spearman'])} | "
                 f"{r['pairs'] if r['pairs'] is not None else '–'} | {_f(r['pairwise'])} | {speed} |"
