@@ -10,6 +10,8 @@ name            class                                 needs
                                                       one-edit variants
 ``lookback``     :class:`~.lookback.LookBackCritic`    a VLM (default: the world VLM); reasoning
                                                       chains (kind ``steps``), VISCO's LookBack
+                                                      (for the world VLM its evidence is also
+                                                      read by rule: :mod:`~.evidence`)
 ``tldr``         :class:`~.tldr.TldrCritic`            a VLM and a token head (default: the world
                                                       VLM and ``weights/tldr-head``); per-token
                                                       rewards (kind ``tokens``), TLDR
@@ -80,10 +82,18 @@ def build_clip_critic(*, clip=None, device: str = "cpu", **options):
 
 def build_lookback_critic(*, vlm=None, device: str = "cpu", **options):
     """:class:`~selfcorrect.critics.lookback.LookBackCritic`; ``vlm`` as for :func:`build_llava_critic`;
-    other options go to the class (``max_new_tokens=``, ``with_reference=``, ...)."""
-    from selfcorrect.critics.lookback import LookBackCritic
+    other options go to the class (``max_new_tokens=``, ``with_reference=``, ...).
 
-    return LookBackCritic(_vlm(vlm, device), **options)
+    The world VLM's critique does not read LookBack's evidence (its model card), so for it the
+    evidence is also read by rule (``check_evidence=True``) unless ``check_evidence=`` is given;
+    any other VLM gets VISCO's LookBack as it is."""
+    from selfcorrect.critics.lookback import LookBackCritic
+    from selfcorrect.vision.vlm import WORLD
+
+    vlm = _vlm(vlm, device)
+    if getattr(vlm, "name", None) == WORLD:
+        options.setdefault("check_evidence", True)
+    return LookBackCritic(vlm, **options)
 
 
 def build_tldr_critic(*, head=None, vlm=None, device: str = "cpu", **options):

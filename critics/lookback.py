@@ -15,6 +15,11 @@ rarely check what the steps claim to *see*. LookBack revisits the image first (V
    "Visual information" bullets ``* Step i: q - a`` (:data:`~.prompts.EVIDENCE`; VISCO's bullets
    do not name the step), and returns VISCO's JSON
    ``{"step_1": {"correctness": true, "explanation": ""}, ..., "answer_correctness": true}``.
+5. **Check** (``check_evidence=True``; not in VISCO): the answers are also read by rule, as TIFA
+   reads VQA answers (:mod:`~.evidence`), and a step an answer contradicts ("So there is no red
+   square." / "Is there a red square? - Yes") is judged incorrect whatever the critique said.
+   For a VLM whose critique does not read its evidence, such as the world VLM (the default for
+   it, see :func:`selfcorrect.critics.build_lookback_critic`).
 
 So a chain costs four calls (chat, or in log-prob mode three and one scoring call) whatever its
 length (VISCO sends ``2 + n_steps + sum(q)`` single requests); each call shows the same image,
@@ -67,6 +72,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from selfcorrect.critics import prompts as P
+from selfcorrect.critics.evidence import check_verdict
 from selfcorrect.critics.verdicts import StepVerdict
 
 DEFAULT_MAX_NEW_TOKENS = 256
@@ -122,6 +128,8 @@ class LookBackTrace:
         questions: per step, the visual questions that check it (``[]`` for N/A).
         answers: per step, the VLM's brief answer to each of its questions.
         prompt: the synthesis prompt sent.
+        contradictions: per step, how an answer contradicts it (:mod:`~.evidence`), or None;
+            all None unless the critic checks its evidence.
     """
 
     verdict: StepVerdict
@@ -129,6 +137,7 @@ class LookBackTrace:
     questions: list[list[str]]
     answers: list[list[str]]
     prompt: str = ""
+    contradictions: list[str | None] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
@@ -139,6 +148,7 @@ class LookBackTrace:
                 for qs, ans in zip(self.questions, self.answers)
             ],
             "prompt": self.prompt,
+            "contradictions": self.contradictions,
         }
 
 
@@ -350,6 +360,8 @@ class LookBackCritic:
             (score ``true`` / ``false`` at each judgement; see the module docstring).
         threshold: in log-prob mode, the P(correct) below which a step or the answer is judged
             incorrect.
+        check_evidence: also read the answers by rule and judge a step they contradict incorrect
+            (:func:`~.evidence.check_verdict`; LookBack only, not the plain critique).
     """
 
     kinds = frozenset({"steps"})
@@ -369,6 +381,7 @@ class LookBackCritic:
         batch_size: int = 8,
         mode: str = "generate",
         threshold: float = 0.5,
+        check_evidence: bool = False,
     ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -393,9 +406,13 @@ class LookBackCritic:
         self.batch_size = batch_size
         self.mode = mode
         self.threshold = threshold
+        self.check_evidence = check_evidence
 
     def __repr__(self) -> str:
-        return f"LookBackCritic({self.vlm!r}, mode={self.mode!r}, with_reference={self.with_reference})"
+        return (
+            f"LookBackCritic({self.vlm!r}, mode={self.mode!r}, with_reference={self.with_reference}, "
+            f"check_evidence={self.check_evidence})"
+        )
 
     def _chat(self, image, prompts: list[str], max_new_tokens: int) -> list[str]:
         texts = self.vlm.chat(
@@ -484,7 +501,10 @@ class LookBackCritic:
             question=question, steps=_chain_text(chain), answer=answer, evidence=evidence
         )
         verdict = self.judge(image, prompt, len(chain), self.name)  # 1 call
-        return LookBackTrace(verdict, reference, questions, answers, prompt)
+        contradictions = [None] * len(chain)
+        if self.check_evidence:
+            verdict, contradictions = check_verdict(verdict, chain, questions, answers)
+        return LookBackTrace(verdict, reference, questions, answers, prompt, contradictions)
 
     def critique_steps(
         self, image, question: str, steps: str | Sequence[str], answer: str | None = None

@@ -674,10 +674,18 @@ def cmd_eval_critics(args) -> int:
         )
     step_critic = step_logprob = None
     if "lookback" in wanted:
-        step_critic = CRITICS["lookback"](vlm=vlm, batch_size=args.batch_size, **generating)
+        # VISCO's LookBack as it is; the evaluation adds the rule-checked verdict itself
+        step_critic = CRITICS["lookback"](
+            vlm=vlm, check_evidence=False, batch_size=args.batch_size, **generating
+        )
         # and read instead of written (its verdicts never use the solve step's reference)
         step_logprob = CRITICS["lookback"](
-            vlm=vlm, mode="logprob", solve_first=False, batch_size=args.batch_size, **generating
+            vlm=vlm,
+            mode="logprob",
+            solve_first=False,
+            check_evidence=False,
+            batch_size=args.batch_size,
+            **generating,
         )
     tldr, tldr_note = None, "not asked for (--critics)"
     if "tldr" in wanted:

@@ -220,9 +220,13 @@ class TruthStepCritic:
         return StepVerdict([True] * len(steps), [""] * len(steps), True)
 
     def lookback(self, image, question, steps, answer):
-        """The trace: the verdict and the critique prompt (here the steps, one per line)."""
+        """The trace: the verdict, the critique prompt (here the steps, one per line) and evidence
+        that contradicts every first step (an answer with no word in common with it)."""
         return SimpleNamespace(
-            verdict=self.critique_steps(image, question, steps, answer), prompt="\n".join(steps)
+            verdict=self.critique_steps(image, question, steps, answer),
+            prompt="\n".join(steps),
+            questions=[["What animal is it?"]] + [[] for _ in steps[1:]],
+            answers=[["zebra"]] + [[] for _ in steps[1:]],
         )
 
 
@@ -358,6 +362,15 @@ def test_run_lookback_vs_plain_and_tldr(faked):
     assert steps["lookback"]["unparsed"] == 1 and steps["lookback"]["steps"]["fn"] == missed
     assert steps["lookback"]["steps"]["precision"] == 1.0 and steps["plain"]["steps"]["f1"] == 0.0
     assert math.isclose(steps["f1_gain"], steps["lookback"]["steps"]["f1"])
+    # lookback:checked: LookBack's verdicts and every first step (the evidence contradicts it);
+    # the unparsed chain 0 stays unparsed
+    flagged = [i == 0 or w for c in chains[1:] for i, w in enumerate(c.wrong_steps)]
+    expected = ce.precision_recall_f1(wrong, [False] * len(chains[0].steps) + flagged)
+    assert steps["lookback:checked"]["steps"] == expected and steps["lookback:checked"]["unparsed"] == 1
+    assert steps["lookback:checked"]["failed"] == 0 and expected["fp"] > 0
+    assert math.isclose(steps["checked_f1_gain"], expected["f1"])
+    assert steps["lookback:checked"]["seconds"] >= steps["lookback"]["seconds"]
+    assert result["records"]["chains"][1]["lookback:checked"]["steps"][0] is False
     # log-prob mode: the threshold-free step AUROC of 1 - P(correct); none without probabilities
     assert steps["lookback"]["step_auroc"] is None and steps["plain"]["step_auroc"] is None
     assert steps["lookback:logprob"]["step_auroc"] == 1.0 and steps["plain:logprob"]["step_auroc"] == 0.5
@@ -383,6 +396,8 @@ def test_report_is_json_ready_and_shows_targets(faked):
         "LookBack step F1",
         "| lookback:logprob | 1.00 | 1.00 | 1.00 | 1.00 |",
         "LookBack step AUROC − plain step AUROC = +0.50",
+        "With its evidence also read by rule (`lookback:checked`, not VISCO's method): ",
+        "| lookback:checked | chains (lookback, then the rule) |",
     ):
         assert text in md
     assert "needs both LLaVA-Critic modes" not in md and "token AUROC ≥ 0.9" in md

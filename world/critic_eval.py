@@ -31,6 +31,8 @@ training (the ``test`` split by default). What is measured:
    counted), the same rule for both. The final answer gets the same three numbers. Given a
    second critic in log-prob mode (``LookBackCritic(mode="logprob")``), its two methods are
    measured too, with the threshold-free **step AUROC** of P(incorrect) = 1 - P(correct).
+   ``lookback:checked`` is LookBack's verdict with its evidence also read by rule
+   (:func:`selfcorrect.critics.evidence.check_verdict`, on the same trace: no more model calls).
 4. **Throughput** (images per second, on the machine that runs it, warm-up excluded) of every
    critic and mode, pairs per second of ``compare``, chains per second of LookBack and plain; and
    for LLaVA-Critic the **log-prob vs generate-and-parse** ratio with the agreement of the two
@@ -758,29 +760,40 @@ def evaluate_steps(
         ``wrong_answers``, per method ``steps`` and ``answer`` (see :func:`precision_recall_f1`),
         ``step_auroc`` (of 1 - P(correct), over the chains with probabilities; None without),
         ``unparsed``, ``failed``, ``seconds``, ``chains_per_second``; ``f1_gain`` (LookBack step
-        F1 minus plain step F1) and, with ``logprob_critic``, ``auroc_gain`` (the same for the
-        log-prob methods' step AUROC).
+        F1 minus plain step F1), with a LookBack trace ``checked_f1_gain`` (the same for
+        ``lookback:checked``: LookBack's verdict and its evidence read by rule, whose ``seconds``
+        are LookBack's and the rule's) and, with ``logprob_critic``, ``auroc_gain`` (LookBack minus plain
+        for the log-prob methods' step AUROC).
     """
     from tqdm.auto import tqdm
 
-    prompts: dict[int, str] = {}  # chain index -> LookBack's critique prompt with its evidence
+    from selfcorrect.critics.evidence import check_verdict
+
+    traces: dict[int, object] = {}  # chain index -> LookBack's trace (its prompt with the evidence)
 
     def lookback(c: Chain):
         if not hasattr(step_critic, "lookback"):  # a step critic without LookBack's trace
             return step_critic.critique_steps(c.image, c.question, c.steps, c.answer)
-        trace = step_critic.lookback(c.image, c.question, c.steps, c.answer)
-        prompts[c.index] = trace.prompt
+        traces[c.index] = trace = step_critic.lookback(c.image, c.question, c.steps, c.answer)
         return trace.verdict
 
+    def checked(c: Chain):
+        if c.index not in traces:  # LookBack failed on this chain: nothing to check
+            raise ValueError("no LookBack trace for this chain")
+        trace = traces[c.index]
+        return check_verdict(trace.verdict, c.steps, trace.questions, trace.answers)[0]
+
     def lookback_logprob(c: Chain):
-        if c.index not in prompts or not hasattr(logprob_critic, "judge"):
+        if c.index not in traces or not hasattr(logprob_critic, "judge"):
             return logprob_critic.critique_steps(c.image, c.question, c.steps, c.answer)
-        return logprob_critic.judge(c.image, prompts[c.index], len(c.steps), logprob_critic.name)
+        return logprob_critic.judge(c.image, traces[c.index].prompt, len(c.steps), logprob_critic.name)
 
     def plain(critic):
         return lambda c: critic.critique_plain(c.image, c.question, c.steps, c.answer)
 
     methods = {"lookback": lookback, "plain": plain(step_critic)}
+    if hasattr(step_critic, "lookback"):
+        methods["lookback:checked"] = checked
     if logprob_critic is not None:
         methods["lookback:logprob"] = lookback_logprob
         methods["plain:logprob"] = plain(logprob_critic)
@@ -830,6 +843,8 @@ def evaluate_steps(
             flagged_steps += steps
             flagged_answers.append(answer)
         seconds = time.perf_counter() - started
+        if name == "lookback:checked":  # the rule needs LookBack's trace: its time counts too
+            seconds += summary["lookback"]["seconds"]
         summary[name] = {
             "steps": precision_recall_f1([w for c in chains for w in c.wrong_steps], flagged_steps),
             "answer": precision_recall_f1([c.wrong_answer for c in chains], flagged_answers),
@@ -840,6 +855,10 @@ def evaluate_steps(
             "chains_per_second": _rate(len(chains), seconds),
         }
     summary["f1_gain"] = summary["lookback"]["steps"]["f1"] - summary["plain"]["steps"]["f1"]
+    if "lookback:checked" in summary:
+        summary["checked_f1_gain"] = (
+            summary["lookback:checked"]["steps"]["f1"] - summary["plain"]["steps"]["f1"]
+        )
     if logprob_critic is not None:
         both = [summary[f"{m}:logprob"]["step_auroc"] for m in ("lookback", "plain")]
         summary["auroc_gain"] = None if None in both else both[0] - both[1]
@@ -977,7 +996,7 @@ def evaluate_tldr(critic, captions: Sequence[Caption], prompt: str | None = None
 
 def _step_methods(steps: dict) -> list[str]:
     """The LookBack / plain methods an :func:`evaluate_steps` summary has, in report order."""
-    names = ("lookback", "plain", "lookback:logprob", "plain:logprob")
+    names = ("lookback", "lookback:checked", "plain", "lookback:logprob", "plain:logprob")
     return [name for name in names if name in steps]
 
 
@@ -1143,6 +1162,8 @@ def checks(result: dict) -> list[dict]:
         add("pairwise_accuracy", name, p["sources"].get("all", {}).get("accuracy"))
     if "f1_gain" in result["steps"]:
         add("lookback_f1_gain", "lookback vs plain", result["steps"]["f1_gain"])
+    if "checked_f1_gain" in result["steps"]:
+        add("lookback_f1_gain", "lookback:checked vs plain", result["steps"]["checked_f1_gain"])
     add("tldr_token_auroc", "tldr", result["tldr"].get("token_auroc"))
     modes = result["llava_modes"]
     add("logprob_speedup", "llava_critic", modes.get("speedup"))
@@ -1236,6 +1257,12 @@ def markdown_report(result: dict) -> str:
         lines.append(
             f"\nLookBack step F1 − plain step F1 = {steps['f1_gain']:+.2f}{_mark('lookback_f1_gain', steps['f1_gain'])}"
         )
+        if "checked_f1_gain" in steps:
+            gain = steps["checked_f1_gain"]
+            lines.append(
+                f"\nWith its evidence also read by rule (`lookback:checked`, not VISCO's method): "
+                f"{gain:+.2f}{_mark('lookback_f1_gain', gain)}"
+            )
         if steps.get("auroc_gain") is not None:
             lines.append(
                 f"\nIn log-prob mode (P(correct) at each step's `correctness`): LookBack step AUROC − "
@@ -1255,11 +1282,10 @@ def markdown_report(result: dict) -> str:
             lines.append(f"| {_escape(name)} | pairs | {_fmt(p['pairs_per_second'])} |")
     if "skipped" not in steps:
         for name in _step_methods(steps):
-            unit = (
-                "chains (the judgement alone: evidence from lookback)"
-                if name == "lookback:logprob"
-                else "chains"
-            )
+            unit = {
+                "lookback:logprob": "chains (the judgement alone: evidence from lookback)",
+                "lookback:checked": "chains (lookback, then the rule)",
+            }.get(name, "chains")
             lines.append(f"| {name} | {unit} | {_fmt(steps[name]['chains_per_second'])} |")
     modes = result["llava_modes"]
     if "skipped" not in modes:
