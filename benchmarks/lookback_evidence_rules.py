@@ -12,7 +12,9 @@ same traces, VISCO's step F1 on incorrect steps of:
 * ``lookback:checked+boxes``: also a step whose boxes all miss (IoU < 0.5) every box of an answer
   that gives boxes, the variant the module leaves out.
 
-and, per kind of answer, how often a contradiction fell on a wrong step and on a right one.
+and the F1 on incorrect final answers of ``plain``, ``lookback`` and ``lookback:checked`` (which
+also matches the answer to the chain's own question, when LookBack asked it, against the final
+answer), and, per kind of answer, how often a contradiction fell on a wrong step and on a right one.
 
     python benchmarks/lookback_evidence_rules.py --split val --chains 160 --json benchmarks/results/lookback_evidence_rules_val.json
 """
@@ -64,7 +66,7 @@ def main() -> None:
     from tqdm.auto import tqdm
 
     from selfcorrect.critics import CRITICS
-    from selfcorrect.critics.evidence import contradiction
+    from selfcorrect.critics.evidence import check_verdict, contradiction
     from selfcorrect.world.critic_eval import precision_recall_f1, reasoning_chains
 
     critic = CRITICS["lookback"](check_evidence=False)
@@ -73,10 +75,16 @@ def main() -> None:
         [],
         {m: [] for m in ("plain", "lookback", "rule", "lookback:checked", "lookback:checked+boxes")},
     )
+    answer_flags = {m: [] for m in ("plain", "lookback", "lookback:checked")}
     kinds: dict[str, list[int]] = {}  # kind -> [on wrong steps, on right steps]
     for c in tqdm(chains, desc="chains"):
         trace = critic.lookback(c.image, c.question, c.steps, c.answer)
         plain = critic.critique_plain(c.image, c.question, c.steps, c.answer)
+        check = check_verdict(
+            trace.verdict, c.steps, trace.questions, trace.answers, question=c.question, answer=c.answer
+        )
+        for m, v in (("plain", plain), ("lookback", trace.verdict), ("lookback:checked", check.verdict)):
+            answer_flags[m].append(v.answer_correct is False)
         for i, (step, wrong) in enumerate(zip(c.steps, c.wrong_steps)):
             pairs = list(zip(trace.questions[i], trace.answers[i]))
             said = [why for q, a in pairs if (why := contradiction(step, q, a))]
@@ -89,7 +97,7 @@ def main() -> None:
             flags["plain"].append(plain.steps[i] is False)
             flags["lookback"].append(judged)
             flags["rule"].append(bool(said))
-            flags["lookback:checked"].append(judged or bool(said))
+            flags["lookback:checked"].append(check.verdict.steps[i] is False)
             flags["lookback:checked+boxes"].append(judged or bool(said) or missed)
 
     scores = {m: precision_recall_f1(truth, f) for m, f in flags.items()}
@@ -112,6 +120,18 @@ def main() -> None:
         lines.append(
             f"| {m} | {s['precision']:.2f} | {s['recall']:.2f} | {s['f1']:.2f} | {s['f1'] - base:+.2f} |"
         )
+    wrong_answers = [c.wrong_answer for c in chains]
+    answers = {m: precision_recall_f1(wrong_answers, f) for m, f in answer_flags.items()}
+    lines += [
+        "",
+        f"Final answers ({sum(wrong_answers)} wrong):",
+        "",
+        "| method | precision | recall | F1 |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {m} | {a['precision']:.2f} | {a['recall']:.2f} | {a['f1']:.2f} |" for m, a in answers.items()
+    ]
     lines += [
         "",
         "Contradictions found, by the kind of answer (one per bullet):",
@@ -126,6 +146,8 @@ def main() -> None:
         "steps": len(truth),
         "wrong_steps": sum(truth),
         "methods": scores,
+        "wrong_answers": sum(wrong_answers),
+        "answers": answers,
         "contradictions": {k: {"wrong_steps": w, "right_steps": r} for k, (w, r) in kinds.items()},
         "machine": machine_line(started),
     }

@@ -5,7 +5,8 @@ critique to read them. A weak VLM may not: the world VLM's critique mostly ignor
 they are mostly right (its model card; ``benchmarks/results/lookback_evidence_rules_val.md``).
 TIFA and DSG judge an image the other way round: they compare each VQA answer with the answer
 the text implies, by string match. :func:`contradiction` does that for one LookBack bullet, and
-:func:`check_verdict` marks every step that a bullet contradicts as incorrect.
+:func:`check_verdict` marks every step that a bullet contradicts as incorrect, and the final
+answer when LookBack asked the chain's own question and the image's answer contradicts it.
 
 A bullet ``* Step i: question - answer`` contradicts step i when:
 
@@ -33,7 +34,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from selfcorrect.critics.verdicts import StepVerdict
 
@@ -98,12 +99,35 @@ def contradiction(step: str, question: str, answer: str) -> str | None:
     return f"asked {question.strip()!r}, the image says {said!r}" if conflict else None
 
 
+@dataclass
+class EvidenceCheck:
+    """What the evidence contradicts, and the verdict it makes.
+
+    Attributes:
+        verdict: the critique's verdict with every contradicted step, and the final answer when
+            contradicted, judged incorrect.
+        steps: per step, the first contradiction found, or None.
+        answer: how the answer to the chain's own question contradicts its final answer, or None.
+    """
+
+    verdict: StepVerdict
+    steps: list[str | None]
+    answer: str | None = None
+
+
+def _same_question(a: str, b: str) -> bool:
+    return " ".join(a.lower().split()).rstrip(" ?.") == " ".join(b.lower().split()).rstrip(" ?.")
+
+
 def check_verdict(
     verdict: StepVerdict,
     steps: Sequence[str],
     questions: Sequence[Sequence[str]],
     answers: Sequence[Sequence[str]],
-) -> tuple[StepVerdict, list[str | None]]:
+    *,
+    question: str | None = None,
+    answer: str | None = None,
+) -> EvidenceCheck:
     """``verdict`` with every step an answer contradicts judged incorrect.
 
     Args:
@@ -111,12 +135,15 @@ def check_verdict(
         steps: the ``n`` step texts.
         questions: per step, the visual questions that check it.
         answers: per step, the answers to them.
+        question, answer: the chain's question and final answer. When a visual question *is*
+            the chain's question (the last step's check often is: "How many squares are
+            there?"), its answer is matched against the final answer the same way.
 
     Returns:
-        ``(checked, reasons)``: ``checked`` is a new verdict (the answer verdict, ``unparsed``
-        and ``raw`` as given); a contradicted step is incorrect, its explanation the critique's
-        (when it found the step wrong too) or the reason, and its P(correct), in log-prob mode,
-        0. ``reasons`` has, per step, the first contradiction found, or None.
+        An :class:`EvidenceCheck`. Its verdict is a new one (``unparsed`` and ``raw`` as given);
+        a contradicted step is incorrect, its explanation the critique's (when it found the step
+        wrong too) or the contradiction, and its P(correct), in log-prob mode, 0; a contradicted
+        final answer is incorrect.
     """
     if not len(steps) == len(verdict.steps) == len(questions) == len(answers):
         raise ValueError(
@@ -126,6 +153,15 @@ def check_verdict(
     for step, asked, told in zip(steps, questions, answers):
         found = (contradiction(step, q, a) for q, a in zip(asked, told))
         reasons.append(next((why for why in found if why), None))
+    answer_reason = None
+    if question is not None and answer is not None:
+        own = (
+            contradiction(answer, q, a)
+            for asked, told in zip(questions, answers)
+            for q, a in zip(asked, told)
+            if _same_question(q, question)
+        )
+        answer_reason = next((why for why in own if why), None)
     judged = [False if why else ok for ok, why in zip(verdict.steps, reasons)]
     explanations = [  # the critique's own explanation when it found the step wrong too
         why if why and not (ok is False and e) else e
@@ -138,7 +174,8 @@ def check_verdict(
         verdict,
         steps=judged,
         explanations=explanations,
+        answer_correct=False if answer_reason else verdict.answer_correct,
         step_probabilities=probabilities,
         critic=f"{verdict.critic}:checked" if verdict.critic else "checked",
     )
-    return checked, reasons
+    return EvidenceCheck(checked, reasons, answer_reason)

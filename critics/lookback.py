@@ -17,7 +17,8 @@ rarely check what the steps claim to *see*. LookBack revisits the image first (V
    ``{"step_1": {"correctness": true, "explanation": ""}, ..., "answer_correctness": true}``.
 5. **Check** (``check_evidence=True``; not in VISCO): the answers are also read by rule, as TIFA
    reads VQA answers (:mod:`~.evidence`), and a step an answer contradicts ("So there is no red
-   square." / "Is there a red square? - Yes") is judged incorrect whatever the critique said.
+   square." / "Is there a red square? - Yes") is judged incorrect whatever the critique said;
+   so is the final answer when a visual question was the chain's own and its answer differs.
    For a VLM whose critique does not read its evidence, such as the world VLM (the default for
    it, see :func:`selfcorrect.critics.build_lookback_critic`).
 
@@ -130,6 +131,8 @@ class LookBackTrace:
         prompt: the synthesis prompt sent.
         contradictions: per step, how an answer contradicts it (:mod:`~.evidence`), or None;
             all None unless the critic checks its evidence.
+        answer_contradiction: how the answer to the chain's own question, when asked,
+            contradicts the final answer, or None.
     """
 
     verdict: StepVerdict
@@ -138,6 +141,7 @@ class LookBackTrace:
     answers: list[list[str]]
     prompt: str = ""
     contradictions: list[str | None] = field(default_factory=list)
+    answer_contradiction: str | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -149,6 +153,7 @@ class LookBackTrace:
             ],
             "prompt": self.prompt,
             "contradictions": self.contradictions,
+            "answer_contradiction": self.answer_contradiction,
         }
 
 
@@ -501,10 +506,15 @@ class LookBackCritic:
             question=question, steps=_chain_text(chain), answer=answer, evidence=evidence
         )
         verdict = self.judge(image, prompt, len(chain), self.name)  # 1 call
-        contradictions = [None] * len(chain)
+        trace = LookBackTrace(verdict, reference, questions, answers, prompt, [None] * len(chain))
         if self.check_evidence:
-            verdict, contradictions = check_verdict(verdict, chain, questions, answers)
-        return LookBackTrace(verdict, reference, questions, answers, prompt, contradictions)
+            check = check_verdict(verdict, chain, questions, answers, question=question, answer=answer)
+            trace.verdict, trace.contradictions, trace.answer_contradiction = (
+                check.verdict,
+                check.steps,
+                check.answer,
+            )
+        return trace
 
     def critique_steps(
         self, image, question: str, steps: str | Sequence[str], answer: str | None = None

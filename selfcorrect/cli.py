@@ -879,7 +879,8 @@ def cmd_critique(args) -> int:
         record["outcome"] = "unparsed" if unparsed else {True: "pass", False: "fail", None: "scored"}[passed]
         print(json.dumps(record, indent=2))
     else:
-        print(_describe_verdict(record, verdict, passed, unparsed))
+        why = None if trace is None else trace.answer_contradiction
+        print(_describe_verdict(record, verdict, passed, unparsed, answer_why=why))
     return code
 
 
@@ -892,7 +893,7 @@ def _verdict_outcome(verdict) -> tuple[bool | None, bool]:
     return verdict.passed, False
 
 
-def _describe_verdict(record: dict, verdict, passed, unparsed: bool) -> str:
+def _describe_verdict(record: dict, verdict, passed, unparsed: bool, answer_why: str | None = None) -> str:
     head = "UNPARSED" if unparsed else "SCORED" if passed is None else "PASS" if passed else "FAIL"
     about = record.get("prompt", record.get("question"))
     lines = [f"{head}  {record['image']}: {about!r} (critic {record['critic']})"]
@@ -908,6 +909,8 @@ def _describe_verdict(record: dict, verdict, passed, unparsed: bool) -> str:
             if ok is False and why:
                 lines.append(f"         why: {why}")
         lines.append(f"  [{'ok' if verdict.answer_correct else 'x '}] answer: {record['answer']}")
+        if verdict.answer_correct is False and answer_why:
+            lines.append(f"         why: {answer_why}")
         return "\n".join(lines)
     score = "none" if verdict.score is None else f"{verdict.score:.2f}"
     lines[0] += f"  score {score}"

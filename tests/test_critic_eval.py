@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from types import SimpleNamespace
 
 import pytest
@@ -380,6 +381,14 @@ def test_run_lookback_vs_plain_and_tldr(faked):
     tldr = result["tldr"]
     assert tldr["available"] and tldr["token_auroc"] == 1.0 and tldr["response_accuracy"] == 1.0
     assert tldr["bad_tokens"] > 0 and tldr["unaligned"] == 0
+    # per edit kind: every negative counted once, under its kind; a perfect critic catches all
+    from selfcorrect.world.negatives import NEGATIVE_KINDS
+
+    negatives = [c.kind for c in ce.tldr_captions("test", 8) if not c.correct]
+    assert negatives and set(negatives) <= set(NEGATIVE_KINDS)
+    by_kind = tldr["by_kind"]
+    assert {kind: k["captions"] for kind, k in by_kind.items()} == Counter(negatives)
+    assert all(k["caught"] == 1.0 and k["token_auroc"] in (1.0, None) for k in by_kind.values())
     met = {(c["target"], c["subject"]): c["met"] for c in result["checks"]}
     assert met["tldr_token_auroc", "tldr"] is True and met["logprob_speedup", "llava_critic"] is None
 
@@ -398,6 +407,7 @@ def test_report_is_json_ready_and_shows_targets(faked):
         "LookBack step AUROC − plain step AUROC = +0.50",
         "With its evidence also read by rule (`lookback:checked`, not VISCO's method): ",
         "| lookback:checked | chains (lookback, then the rule) |",
+        "| edit | negatives | caught | token AUROC |",
     ):
         assert text in md
     assert "needs both LLaVA-Critic modes" not in md and "token AUROC ≥ 0.9" in md

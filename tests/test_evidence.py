@@ -85,7 +85,9 @@ def test_check_verdict_flags_contradicted_steps_and_keeps_the_rest():
         step_probabilities=[0.9, 0.8, 0.1],
         critic="lookback",
     )
-    checked, reasons = check_verdict(verdict, steps, questions, answers)
+    check = check_verdict(verdict, steps, questions, answers)
+    checked, reasons = check.verdict, check.steps
+    assert check.answer is None
     assert reasons == [
         None,
         f"asked {EXISTS!r}, the image says 'Yes'",
@@ -99,6 +101,27 @@ def test_check_verdict_flags_contradicted_steps_and_keeps_the_rest():
     assert verdict.steps == [True, True, False]  # the given verdict is not changed
     with pytest.raises(ValueError):
         check_verdict(verdict, steps[:2], questions, answers)
+
+
+def test_the_answer_to_the_chains_own_question_checks_the_final_answer():
+    steps = ["There is a square at [10, 10, 30, 30].", "So there are 2 squares."]
+    questions, answers = [[FIND], [COUNT]], [["[10, 10, 30, 30]"], ["1"]]
+    verdict = StepVerdict([True, True], ["", ""], True)
+    check = check_verdict(
+        verdict, steps, questions, answers, question="how many  squares are there", answer="2"
+    )
+    assert check.answer == f"asked {COUNT!r}, the image says '1'" and check.verdict.answer_correct is False
+    assert check.steps == [None, check.answer] and check.verdict.steps == [True, False]
+    # agreeing, or not the chain's own question, or no answer given: the verdict's answer stands
+    agree = check_verdict(
+        verdict, steps, questions, [["[10, 10, 30, 30]"], ["2"]], question=COUNT, answer="2"
+    )
+    assert (
+        agree.answer is None and agree.verdict.answer_correct is True and agree.verdict.steps == [True, True]
+    )
+    other = check_verdict(verdict, steps, questions, answers, question="Is there a square?", answer="2")
+    assert other.answer is None and other.verdict.answer_correct is True
+    assert check_verdict(verdict, steps, questions, answers).verdict.answer_correct is True
 
 
 # ------------------------------------------------------------------------------ in LookBack
@@ -144,11 +167,14 @@ class EvidenceBlindVLM:
 def test_lookback_with_check_evidence_flags_what_its_critique_ignored(mode):
     plain = LookBackCritic(EvidenceBlindVLM(), mode=mode).lookback(IMAGE, QUESTION, STEPS, "No")
     assert plain.verdict.steps == [True, True] and plain.contradictions == [None, None]
+    assert plain.answer_contradiction is None and plain.verdict.answer_correct is True
     vlm = EvidenceBlindVLM()
     trace = LookBackCritic(vlm, mode=mode, check_evidence=True).lookback(IMAGE, QUESTION, STEPS, "No")
     assert trace.questions == [[FIND], [EXISTS]] and trace.answers == [["[10, 10, 30, 30]"], ["Yes"]]
     why = f"asked {EXISTS!r}, the image says 'Yes'"
     assert trace.contradictions == [None, why]
+    # the chain's own question was asked, and the image's "Yes" contradicts its answer "No"
+    assert trace.answer_contradiction == why and trace.verdict.answer_correct is False
     assert trace.verdict.steps == [True, False] and trace.verdict.explanations[1] == why
     assert trace.verdict.critic == "lookback:checked"
     if mode == "logprob":
@@ -171,3 +197,23 @@ def test_the_registry_checks_the_world_vlms_evidence_and_nobody_elses():
     assert CRITICS["lookback"](vlm=Named()).check_evidence is True
     assert CRITICS["lookback"](vlm=Named(), check_evidence=False).check_evidence is False
     assert CRITICS["lookback"](vlm=EvidenceBlindVLM()).check_evidence is False
+
+
+def test_critique_cli_says_which_answer_contradicts_a_step_and_the_final_answer(
+    tmp_path, monkeypatch, capsys
+):
+    from selfcorrect.cli import main
+
+    def build(*, vlm=None, device="cpu", **options):
+        return LookBackCritic(EvidenceBlindVLM(), check_evidence=True, **options)
+
+    monkeypatch.setitem(CRITICS, "lookback", build)
+    path = tmp_path / "image.png"
+    IMAGE.save(path)
+    chain = "\n".join(f"Step {i + 1}: {s}" for i, s in enumerate(STEPS)) + "\nAnswer: No"
+    code = main(["critique", str(path), "--question", QUESTION, "--answer", chain])
+    out = capsys.readouterr().out
+    why = f"why: asked {EXISTS!r}, the image says 'Yes'"
+    assert code == 1 and out.startswith("FAIL")
+    assert f"[ok] step 1: {STEPS[0]}" in out and f"[x ] step 2: {STEPS[1]}\n         {why}" in out
+    assert f"[x ] answer: No\n         {why}" in out

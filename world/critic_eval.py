@@ -781,7 +781,10 @@ def evaluate_steps(
         if c.index not in traces:  # LookBack failed on this chain: nothing to check
             raise ValueError("no LookBack trace for this chain")
         trace = traces[c.index]
-        return check_verdict(trace.verdict, c.steps, trace.questions, trace.answers)[0]
+        check = check_verdict(
+            trace.verdict, c.steps, trace.questions, trace.answers, question=c.question, answer=c.answer
+        )
+        return check.verdict
 
     def lookback_logprob(c: Chain):
         if c.index not in traces or not hasattr(logprob_critic, "judge"):
@@ -891,6 +894,7 @@ class Caption:
     text: str
     correct: bool
     bad_spans: list[tuple[int, int]]  # characters of the words the negative's edit changed
+    kind: str = ""  # the negative's edit (world.negatives.NEGATIVE_KINDS); "" for a true caption
 
 
 def edit_spans(truth: str, negative: str) -> list[tuple[int, int]]:
@@ -945,7 +949,7 @@ def tldr_captions(split: str, n: int, canvas: int = 64) -> list[Caption]:
         negatives = hard_negatives(item["scene"], truth, n=1, rng=rng) if i % 2 else []
         if negatives:
             text = negatives[0].text
-            out.append(Caption(i, item["image"], text, False, edit_spans(truth, text)))
+            out.append(Caption(i, item["image"], text, False, edit_spans(truth, text), negatives[0].kind))
         else:
             out.append(Caption(i, item["image"], truth, True, []))
     return out
@@ -954,11 +958,16 @@ def tldr_captions(split: str, n: int, canvas: int = 64) -> list[Caption]:
 def evaluate_tldr(critic, captions: Sequence[Caption], prompt: str | None = None) -> tuple[dict, list]:
     """Token AUROC (positive = a token of the edit, score = 1 - reward), token accuracy at the
     critic's threshold and response accuracy (TLDR: a response is correct when no token is
-    flagged) of a token critic; ``(summary, failures)``."""
+    flagged) of a token critic; ``(summary, failures)``.
+
+    ``summary["by_kind"]`` has, per kind of edit, the negatives' count, the share of them judged
+    wrong (``caught``) and the token AUROC over their tokens alone (None without both labels).
+    """
     from selfcorrect.critics import prompts as P
 
     prompt = P.DESCRIBE if prompt is None else prompt
     labels, scores, flags, responses, failures, unaligned = [], [], [], [], [], 0
+    kinds: dict[str, dict] = {}  # edit kind -> its negatives' labels, scores and catches
     started = time.perf_counter()
     for c in captions:
         try:
@@ -973,6 +982,11 @@ def evaluate_tldr(critic, captions: Sequence[Caption], prompt: str | None = None
             continue
         labels += mine
         scores += [1.0 - r for r in verdict.rewards]
+        if c.kind:
+            k = kinds.setdefault(c.kind, {"labels": [], "scores": [], "caught": []})
+            k["labels"] += mine
+            k["scores"] += [1.0 - r for r in verdict.rewards]
+            k["caught"].append(not verdict.response_correct)
         flags += [r < verdict.threshold for r in verdict.rewards]
     seconds = time.perf_counter() - started
     summary = {
@@ -986,6 +1000,14 @@ def evaluate_tldr(critic, captions: Sequence[Caption], prompt: str | None = None
         "unaligned": unaligned,
         "failed": len(failures),
         "captions_per_second": _rate(len(responses), seconds),
+        "by_kind": {
+            kind: {
+                "captions": len(k["caught"]),
+                "caught": sum(k["caught"]) / len(k["caught"]),
+                "token_auroc": auroc(k["labels"], k["scores"]),
+            }
+            for kind, k in sorted(kinds.items())
+        },
     }
     return summary, failures
 
@@ -1310,6 +1332,15 @@ def markdown_report(result: dict) -> str:
             f"{_fmt(tldr['token_auroc'])}{_mark('tldr_token_auroc', tldr['token_auroc'])} | "
             f"{_fmt(tldr['token_accuracy'])} | {_fmt(tldr['response_accuracy'])} | {tldr['unaligned']} |",
         ]
+        if tldr.get("by_kind"):
+            lines += [
+                "",
+                "By the negative's edit (token AUROC over the tokens of those negatives alone):\n",
+                "| edit | negatives | caught | token AUROC |",
+                "|---|---:|---:|---:|",
+            ]
+            for kind, k in tldr["by_kind"].items():
+                lines.append(f"| {kind} | {k['captions']} | {_fmt(k['caught'])} | {_fmt(k['token_auroc'])} |")
 
     lines += ["", "**Targets** (issue 5)\n", "| target | subject | measured | met |", "|---|---|---:|---|"]
     for c in result["checks"]:
