@@ -19,8 +19,8 @@ rarely check what the steps claim to *see*. LookBack revisits the image first (V
    reads VQA answers (:mod:`~.evidence`), and a step an answer contradicts ("So there is no red
    square." / "Is there a red square? - Yes") is judged incorrect whatever the critique said;
    so is the final answer when a visual question was the chain's own and its answer differs.
-   For a VLM whose critique does not read its evidence, such as the world VLM (the default for
-   it, see :func:`selfcorrect.critics.build_lookback_critic`).
+   Meant for a VLM whose critique does not read its evidence, such as the world VLM (the default
+   for it: :func:`selfcorrect.critics.build_lookback_critic`).
 
 So a chain costs four calls (chat, or in log-prob mode three and one scoring call) whatever its
 length (VISCO sends ``2 + n_steps + sum(q)`` single requests); each call shows the same image,
@@ -509,11 +509,9 @@ class LookBackCritic:
         trace = LookBackTrace(verdict, reference, questions, answers, prompt, [None] * len(chain))
         if self.check_evidence:
             check = check_verdict(verdict, chain, questions, answers, question=question, answer=answer)
-            trace.verdict, trace.contradictions, trace.answer_contradiction = (
-                check.verdict,
-                check.steps,
-                check.answer,
-            )
+            trace.verdict = check.verdict
+            trace.contradictions = check.steps
+            trace.answer_contradiction = check.answer
         return trace
 
     def critique_steps(
