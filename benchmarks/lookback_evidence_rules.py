@@ -28,6 +28,8 @@ from pathlib import Path
 
 from _report import machine_line, publish
 
+# Every [x0, y0, x1, y1], also outside the image (parsing.parse_boxes drops those, and the moved
+# boxes of wrong steps often are), as numbers to compare.
 _BOX = re.compile(
     r"\[\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*\]"
 )
@@ -87,18 +89,18 @@ def main() -> None:
             answer_flags[m].append(v.answer_correct is False)
         for i, (step, wrong) in enumerate(zip(c.steps, c.wrong_steps)):
             pairs = list(zip(trace.questions[i], trace.answers[i]))
-            said = [why for q, a in pairs if (why := contradiction(step, q, a))]
-            for q, a in pairs:
+            for q, a in pairs:  # every contradicting bullet, by its kind of answer
                 if contradiction(step, q, a):
                     kinds.setdefault(answer_kind(a), [0, 0])[0 if wrong else 1] += 1
+            said = check.steps[i] is not None  # some bullet contradicts the step
             missed = any(boxes_miss(step, a) for _, a in pairs)
             judged = trace.verdict.steps[i] is False
             truth.append(wrong)
             flags["plain"].append(plain.steps[i] is False)
             flags["lookback"].append(judged)
-            flags["rule"].append(bool(said))
+            flags["rule"].append(said)
             flags["lookback:checked"].append(check.verdict.steps[i] is False)
-            flags["lookback:checked+boxes"].append(judged or bool(said) or missed)
+            flags["lookback:checked+boxes"].append(judged or said or missed)
 
     scores = {m: precision_recall_f1(truth, f) for m, f in flags.items()}
     base = scores["plain"]["f1"]

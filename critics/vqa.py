@@ -301,32 +301,32 @@ class VQACritic:
             for k, probs in zip(mine, torch.softmax(logp.float(), dim=-1).tolist()):
                 answers[k] = dict(zip(choices, probs))
                 p_expected[k] = sum(answers[k][a] for a in flat[k][1].expected)
-        found = {}
+        boxes_of: dict[int, list[list[Box]]] = {}  # boxed question -> the boxes of each phrase
         if boxed:
             # the phrases to find: a relation's two groups as named, a sized object without its size
-            wanted = {
-                (flat[k][0], p) for k in boxed for p in self._phrases(flat[k][1], decompositions[flat[k][0]])
-            }
+            phrases = {k: self._phrases(flat[k][1], decompositions[flat[k][0]]) for k in boxed}
+            wanted = {(flat[k][0], p) for k in boxed for p in phrases[k]}
             found = self._find(list(images), wanted, max_new_tokens=GROUND_MAX_NEW_TOKENS)
             for k in boxed:
                 n, q = flat[k]
-                boxes = [found[n, p] for p in self._phrases(q, decompositions[n])]
+                boxes = boxes_of[k] = [found[n, p] for p in phrases[k]]
                 if q.kind == "relation":
                     p_expected[k] = _all_hold(boxes[0], q.relation, boxes[1])
                 else:
                     size = decompositions[n].queries[q.groups[0]].size
                     p_expected[k] = float(any(size_of_box(b) == size for b in boxes[0]))
         verdicts, start = [], 0
-        for n, d in enumerate(decompositions):
+        for d in decompositions:
             count = len(d.questions)
             part = slice(start, start + count)
             verdicts.append(self._verdict(d, p_expected[part], answers[part]))
-            for q, record in zip(d.questions, verdicts[-1].details["questions"]):
-                if self._from_boxes(q, d):
-                    boxes = [found[n, p] for p in self._phrases(q, d)]
-                    record["boxes"] = [[list(b) for b in group] for group in boxes]
+            for k, q, record in zip(
+                range(start, start + count), d.questions, verdicts[-1].details["questions"]
+            ):
+                if k in boxes_of:
+                    record["boxes"] = [[list(b) for b in group] for group in boxes_of[k]]
                     finding = verdicts[-1].findings[q.requirement]
-                    finding.box = enclosing([b for group in boxes for b in group])
+                    finding.box = enclosing([b for group in boxes_of[k] for b in group])
             start += count
         if self.ground:
             self._localise(list(images), decompositions, verdicts)

@@ -980,12 +980,13 @@ def evaluate_tldr(critic, captions: Sequence[Caption], prompt: str | None = None
         if mine is None:
             unaligned += 1
             continue
+        wrongness = [1.0 - r for r in verdict.rewards]
         labels += mine
-        scores += [1.0 - r for r in verdict.rewards]
+        scores += wrongness
         if c.kind:
             k = kinds.setdefault(c.kind, {"labels": [], "scores": [], "caught": []})
             k["labels"] += mine
-            k["scores"] += [1.0 - r for r in verdict.rewards]
+            k["scores"] += wrongness
             k["caught"].append(not verdict.response_correct)
         flags += [r < verdict.threshold for r in verdict.rewards]
     seconds = time.perf_counter() - started
